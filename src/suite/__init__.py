@@ -1,0 +1,3 @@
+"""suite: five self-hosted AI applications sharing one core."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Shared core: config, database, jobs, events, LLM, users and secrets."""
