@@ -47,6 +47,7 @@ class JobsSettings(Section):
     max_polling_delay: float = Field(0.1, gt=0, le=60)
     workers: int = Field(1, ge=1, le=64)
     huey_path: Path | None = Field(None, description="SqliteHuey file; default <data_dir>/jobs.db")
+    task_modules: list[str] = Field(default_factory=list, description="extra modules of tasks the worker imports")
 
 
 class EventsSettings(Section):
