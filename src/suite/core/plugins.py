@@ -7,14 +7,16 @@ by `[plugins] allow/deny`. A broken plugin prints one warning and is skipped; it
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
-# Each landed domain adds its package here; `DOMAIN` in its __init__ is the spec.
-IN_TREE_DOMAINS: tuple[str, ...] = ()
+# In-tree domains; `DOMAIN` in each package's __init__ is its spec. A domain whose package is absent
+# (not landed yet, or removed from a slim install) is skipped.
+IN_TREE_DOMAINS: tuple[str, ...] = ("recs", "catalog", "chat", "agent", "imagegen")
 
 ENTRY_POINT_GROUP = "suite.domains"
 
@@ -88,6 +90,8 @@ def load_domain_specs(*, quiet: bool = False) -> list[DomainSpec]:
         return _cache
     specs: list[DomainSpec] = []
     for name in IN_TREE_DOMAINS:
+        if importlib.util.find_spec(f"suite.{name}") is None:
+            continue
         module = importlib.import_module(f"suite.{name}")
         specs.append(module.DOMAIN)
     seen = {s.name for s in specs}
