@@ -42,6 +42,9 @@ def reset_caches() -> None:
 
     db.reset_engine()
     config.reset_settings()
+    web_auth = sys.modules.get("suite.core.web_auth")
+    if web_auth is not None:
+        web_auth.reset_rate_limits()
     for name in ("suite.core.tasks", "suite.core.events", "suite.core.llm"):
         module = sys.modules.get(name)
         reset = getattr(module, "reset", None)

@@ -24,7 +24,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 config_app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
-db_app = typer.Typer(help="Database migrations (one Alembic environment, a branch per domain).", no_args_is_help=True)
+db_app = typer.Typer(
+    help="Database migrations (one Alembic environment, a branch per domain).", no_args_is_help=True
+)
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
@@ -45,7 +47,8 @@ def root(
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     config: Annotated[
-        Path | None, typer.Option("--config", help="Path to suite.toml (default ./suite.toml or $SUITE_CONFIG).")
+        Path | None,
+        typer.Option("--config", help="Path to suite.toml (default ./suite.toml or $SUITE_CONFIG)."),
     ] = None,
 ) -> None:
     cli_utils.set_debug(debug)
@@ -60,7 +63,9 @@ def version(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 
 @config_app.command("show")
-def config_show(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+def config_show(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
     """The effective configuration, secrets masked, with where each value came from."""
     from suite.core.config import describe_settings, get_settings
 
@@ -104,7 +109,9 @@ def db_revision(
 
     if not empty:
         check_connection()
-    path = revision(domain=domain, message=message, autogenerate=not empty, engine=None if empty else get_engine())
+    path = revision(
+        domain=domain, message=message, autogenerate=not empty, engine=None if empty else get_engine()
+    )
     cli_utils.info(f"wrote {path}")
 
 
@@ -123,9 +130,13 @@ def worker(
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default from config: 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(min=0, max=65535, help="Port (default from config: 8000).")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Port (default from config: 8000).")
+    ] = None,
     reload: Annotated[bool, typer.Option("--reload", help="Restart on code changes (development).")] = False,
-    worker: Annotated[bool, typer.Option("--worker/--no-worker", help="Run an embedded job consumer.")] = True,
+    worker: Annotated[
+        bool, typer.Option("--worker/--no-worker", help="Run an embedded job consumer.")
+    ] = True,
 ) -> None:
     """Serve every domain in one app: /api/v1/<domain>, pages under /<domain>/, /healthz, /readyz, /docs."""
     from suite.core.server import run_server
@@ -151,28 +162,22 @@ _add_domains()
 
 
 def main(argv: list[str] | None = None) -> Any:
-    """Entry point: one readable line per error, exit codes 0 ok / 1 failed / 2 usage or config / 130 Ctrl-C."""
-    import click
+    """Entry point: one readable line per error, exit codes 0 ok / 1 failed / 2 usage or config / 130 Ctrl-C.
 
+    Typer's standalone mode handles usage errors (exit 2) and Ctrl-C (exit 130); our errors are mapped here.
+    """
     from suite.core.errors import SuiteError
 
     try:
-        result = app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        app(args=argv)
     except SuiteError as exc:
         if cli_utils.DEBUG:
             raise
         print(f"error: {exc.message}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     except Exception as exc:
         if cli_utils.DEBUG:
             raise
@@ -185,4 +190,3 @@ def main(argv: list[str] | None = None) -> Any:
         else:
             print(f"error: {type(exc).__name__}: {exc} (run with --debug for a traceback)", file=sys.stderr)
         sys.exit(1)
-    sys.exit(result if isinstance(result, int) else 0)

@@ -44,7 +44,9 @@ def test_unknown_key_names_key_and_source(tmp_path: Path) -> None:
 
 def test_wrong_type_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SUITE_JOBS__WORKERS", "many")
-    with pytest.raises(ConfigError, match=r"jobs\.workers from environment SUITE_JOBS__WORKERS: Input should be"):
+    with pytest.raises(
+        ConfigError, match=r"jobs\.workers from environment SUITE_JOBS__WORKERS: Input should be"
+    ):
         load_settings()
 
 
@@ -83,7 +85,10 @@ def test_placeholder_secret_refused_outside_development(monkeypatch: pytest.Monk
 def test_config_show_masks_secrets_and_names_sources(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "suite.toml").write_text("[jobs]\nworkers = 2\n")
     res = run_cli(
-        "config", "show", "--json", env={"SUITE_LLM__PROVIDERS__X__API_KEY": "sk-real-1234", "SUITE_DEBUG": "1"}
+        "config",
+        "show",
+        "--json",
+        env={"SUITE_LLM__PROVIDERS__X__API_KEY": "sk-real-1234", "SUITE_DEBUG": "1"},
     )
     assert res.returncode == 0, res.stderr
     rows = {r["key"]: r for r in json.loads(res.stdout)}

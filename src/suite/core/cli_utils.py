@@ -47,7 +47,9 @@ def console(stderr: bool = False) -> Any:
     return Console(stderr=stderr, soft_wrap=True)
 
 
-def emit(data: Any, *, as_json: bool = False, title: str | None = None, columns: list[str] | None = None) -> None:
+def emit(
+    data: Any, *, as_json: bool = False, title: str | None = None, columns: list[str] | None = None
+) -> None:
     """Print `data` as JSON (scripts) or a rich table / key-value list (people)."""
     data = to_jsonable(data)
     if as_json:

@@ -25,7 +25,16 @@ from pydantic_settings import (
 from suite.core.errors import ConfigError
 
 ENV_PREFIX = "SUITE_"
-PLACEHOLDER_SECRETS = {"changeme", "change-me", "change_me", "secret", "password", "xxx", "todo", "placeholder"}
+PLACEHOLDER_SECRETS = {
+    "changeme",
+    "change-me",
+    "change_me",
+    "secret",
+    "password",
+    "xxx",
+    "todo",
+    "placeholder",
+}
 
 
 class Section(BaseModel):
@@ -47,7 +56,9 @@ class JobsSettings(Section):
     max_polling_delay: float = Field(0.1, gt=0, le=60)
     workers: int = Field(1, ge=1, le=64)
     huey_path: Path | None = Field(None, description="SqliteHuey file; default <data_dir>/jobs.db")
-    task_modules: list[str] = Field(default_factory=list, description="extra modules of tasks the worker imports")
+    task_modules: list[str] = Field(
+        default_factory=list, description="extra modules of tasks the worker imports"
+    )
 
 
 class EventsSettings(Section):
@@ -140,7 +151,10 @@ class CoreSettings(BaseSettings):
         if self.env == "development":
             return self
         for key, value in iter_leaves(self):
-            if isinstance(value, SecretStr) and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+            if (
+                isinstance(value, SecretStr)
+                and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS
+            ):
                 raise ValueError(f"{key} holds a placeholder secret; set a real value (or env=development)")
         return self
 
@@ -303,10 +317,7 @@ def describe_validation_error(exc: ValidationError, init: dict[str, Any] | None 
     err = exc.errors()[0]
     key = ".".join(str(p) for p in err["loc"]) or "(settings)"
     source = source_of(key, layers) if layers else "unknown source"
-    if err["type"] == "extra_forbidden":
-        problem = "unknown key"
-    else:
-        problem = err["msg"]
+    problem = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"invalid config {key} from {source}: {problem}{more}"
 

@@ -108,7 +108,12 @@ def status(engine: Engine) -> dict[str, Any]:
                     label = next(iter(base.branch_labels))
                     break
         branches[label or head] = {"head": head, "current": head in current}
-    return {"current": sorted(current), "heads": sorted(heads), "up_to_date": current == heads, "branches": branches}
+    return {
+        "current": sorted(current),
+        "heads": sorted(heads),
+        "up_to_date": current == heads,
+        "branches": branches,
+    }
 
 
 def revision(*, domain: str, message: str, autogenerate: bool = True, engine: Engine | None = None) -> str:
