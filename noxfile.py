@@ -23,7 +23,7 @@ def install_project(session: nox.Session, extras: str = "test,local") -> None:
 def tests(session: nox.Session) -> None:
     install_project(session)
     workers = os.environ.get("SUITE_TEST_WORKERS", "auto")
-    session.run("pytest", "-n", workers, "--dist", "loadgroup", *session.posargs)
+    session.run("pytest", "-n", workers, "--dist", "loadfile", *session.posargs)
 
 
 @nox.session(python=PYTHON)
