@@ -1,0 +1,326 @@
+"""Jobs: end-to-end no-op jobs/s and idle pickup latency, SqliteHuey and RedisHuey, ours against raw Huey.
+
+For each backend two consumers run in turn, each a subprocess with one worker thread and the same polling
+settings (max delay 0.1 s, Redis blocking reads): raw Huey (no jobs table), and `python -m suite worker`
+(core_job rows written by enqueue and the Huey hooks, job.status events). This process is the producer.
+
+- jobs/s: N no-op jobs queued back to back, then one that stamps a file; the clock stops when the file
+  appears (one worker thread: FIFO, so all N ran). Enqueue cost per job is reported too.
+- pickup latency: after the consumer has idled (its polling delay at the maximum), the time from calling
+  enqueue to the task starting (a wall-clock stamp written by the task). SqliteHuey polls, so a pickup waits
+  for the next poll (0 to 0.1 s): the idle time has a random part, and the figure is a median.
+
+overhead = raw jobs/s / our jobs/s - 1 (target under 0.2). Redis: a redis-server is started on a free port
+unless SUITE_BENCH_REDIS_URL names one (its database is flushed). `python benchmarks/bench_jobs.py` prints
+the JSON result; SUITE_BENCH_QUICK=1 runs fewer jobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from suite.core.tasks import enqueue, task
+
+HERE = Path(__file__).resolve().parent
+MODULE = "bench_jobs"  # the name both producer and consumers import this file under
+QUICK = os.environ.get("SUITE_BENCH_QUICK") == "1"
+JOBS = 150 if QUICK else 600
+PICKUPS = 6 if QUICK else 16
+IDLE_S = 0.3  # idle time before each pickup (plus a random part, so enqueues do not lock onto the poll phase)
+MAX_DELAY = 0.1  # both consumers (ours: jobs.max_polling_delay's default)
+
+
+def _noop(job_id: str) -> None:
+    return None
+
+
+def _stamp(job_id: str, *, path: str) -> None:
+    Path(path).write_text(repr(time.time()))
+
+
+noop = task(name="bench_noop")(_noop)
+stamp = task(name="bench_stamp")(_stamp)
+
+
+# --- raw Huey ------------------------------------------------------------------------------------------
+
+
+def raw_huey(backend: str, data: Path, redis_url: str | None) -> Any:
+    from huey import RedisHuey, SqliteHuey
+
+    if backend == "redis":
+        huey = RedisHuey("raw", url=redis_url, results=False)
+    else:
+        huey = SqliteHuey("raw", filename=str(data / "raw-queue.db"), results=False)
+    return huey, huey.task(name="raw_noop")(_noop), huey.task(name="raw_stamp")(_stamp)
+
+
+def raw_consumer(backend: str, data: str, redis_url: str | None) -> None:
+    """Child process: raw Huey's consumer with the same settings as ours."""
+    from huey.consumer import Consumer
+
+    huey, _, _ = raw_huey(backend, Path(data), redis_url)
+    Consumer(huey, workers=1, worker_type="thread", initial_delay=MAX_DELAY, max_delay=MAX_DELAY).run()
+
+
+# --- one measurement -----------------------------------------------------------------------------------
+
+
+def _wait_file(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> float:
+    deadline = time.monotonic() + timeout
+    while not path.exists() or not path.read_text():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"{path} never appeared: see the consumer's log beside it")
+        time.sleep(0.0005)
+    return float(path.read_text())
+
+
+class Side:
+    """One consumer (ours or raw) on one backend, and the producer calls for it."""
+
+    def __init__(self, kind: str, backend: str, data: Path, redis_url: str | None) -> None:
+        self.kind, self.backend, self.data, self.redis_url = kind, backend, data, redis_url
+        data.mkdir(parents=True, exist_ok=True)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SUITE_")}
+        self.env.update(
+            SUITE_DATA_DIR=str(data),
+            SUITE_ENV="test",
+            SUITE_JOBS__IMMEDIATE="false",
+            SUITE_JOBS__MAX_POLLING_DELAY=str(MAX_DELAY),
+            SUITE_JOBS__TASK_MODULES=json.dumps([MODULE]),
+            SUITE_LOG_LEVEL="WARNING",
+            PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
+        )
+        if redis_url:
+            self.env["SUITE_REDIS_URL"] = redis_url
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._counter = 0
+        self.ours = _this_module()  # our tasks as the worker imports them
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Side]:
+        old = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(self.env)
+        self._reset()
+        if self.kind == "ours":
+            from suite.core.db import prepare_database
+
+            prepare_database()  # before the worker starts, so two processes never migrate at once
+            cmd = [sys.executable, "-m", "suite", "worker", "--workers", "1"]
+        else:
+            self.huey, self.noop, self.stamp = self.ours.raw_huey(self.backend, self.data, self.redis_url)
+            args = f"{self.backend!r}, {str(self.data)!r}, {self.redis_url!r}"
+            cmd = [sys.executable, "-c", f"import {MODULE}; {MODULE}.raw_consumer({args})"]
+        log = (self.data / f"{self.kind}-consumer.log").open("wb")
+        self.proc = subprocess.Popen(cmd, env=self.env, cwd=self.data, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            self.pickup()  # warm-up: the consumer is up and has run one job
+            yield self
+        finally:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            log.close()
+            self._reset()
+            os.environ.clear()
+            os.environ.update(old)
+
+    def _reset(self) -> None:
+        from suite.core import config, db, events, tasks
+
+        db.reset_engine()
+        config.reset_settings()
+        tasks.reset()
+        events.reset()
+
+    def enqueue_noop(self) -> None:
+        if self.kind == "ours":
+            enqueue(self.ours.noop)
+        else:
+            self.noop("raw")
+
+    def enqueue_stamp(self, path: Path) -> None:
+        if self.kind == "ours":
+            enqueue(self.ours.stamp, path=str(path))
+        else:
+            self.stamp("raw", path=str(path))
+
+    def _stamp_path(self) -> Path:
+        self._counter += 1
+        return self.data / f"stamp-{self.kind}-{self._counter}"
+
+    def pickup(self) -> float:
+        """Seconds from enqueue to the task starting."""
+        path = self._stamp_path()
+        t0 = time.time()
+        self.enqueue_stamp(path)
+        assert self.proc is not None
+        return _wait_file(path, self.proc) - t0
+
+    def throughput(self, n: int) -> dict[str, float]:
+        path = self._stamp_path()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self.enqueue_noop()
+        queued = time.perf_counter()
+        self.enqueue_stamp(path)
+        assert self.proc is not None
+        _wait_file(path, self.proc)
+        elapsed = time.perf_counter() - t0
+        return {"jobs_per_s": round((n + 1) / elapsed, 1), "enqueue_ms": round((queued - t0) / n * 1000, 3)}
+
+    def check_done(self, expected: int) -> None:
+        """Ours: every job ended as done (the last one's row is written just after its task ran)."""
+        if self.kind != "ours":
+            return
+        from sqlalchemy import func, select
+
+        from suite.core.db import session_scope
+        from suite.core.models import Job
+
+        deadline = time.monotonic() + 10
+        while True:
+            with session_scope() as session:
+                done = session.scalar(select(func.count()).select_from(Job).where(Job.state == "done"))
+            if done == expected:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{done} jobs done, expected {expected}")
+            time.sleep(0.01)
+
+
+def measure(kind: str, backend: str, data: Path, redis_url: str | None) -> dict[str, Any]:
+    side = Side(kind, backend, data / f"{backend}-{kind}", redis_url)
+    with side.running():
+        result = side.throughput(JOBS)
+        side.check_done(JOBS + 2)  # the warm-up and the final stamp too
+        latencies = []
+        rng = random.Random(7)
+        for _ in range(PICKUPS):
+            time.sleep(IDLE_S + rng.uniform(0, MAX_DELAY))
+            latencies.append(side.pickup())
+    result["pickup_ms_p50"] = round(statistics.median(latencies) * 1000, 2)
+    result["pickup_ms_mean"] = round(statistics.fmean(latencies) * 1000, 2)
+    result["pickup_ms_max"] = round(max(latencies) * 1000, 2)
+    return result
+
+
+# --- redis ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path) -> Iterator[str]:
+    given = os.environ.get("SUITE_BENCH_REDIS_URL")
+    if given:
+        yield given
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen(
+        [*args, "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        import redis
+
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        client.close()
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _flush(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+
+
+# --- the benchmark -------------------------------------------------------------------------------------
+
+
+def _compare(raw: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "raw": raw,
+        "ours": ours,
+        "overhead": round(raw["jobs_per_s"] / ours["jobs_per_s"] - 1, 3),
+        "pickup_added_ms": round(ours["pickup_ms_p50"] - raw["pickup_ms_p50"], 2),
+    }
+
+
+def run() -> dict[str, Any]:
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "jobs": JOBS,
+        "pickups": PICKUPS,
+        "workers": 1,
+        "max_polling_delay_s": MAX_DELAY,
+    }
+    with tempfile.TemporaryDirectory(prefix="suite-bench-jobs-") as tmp:
+        data = Path(tmp)
+        results["sqlite"] = _compare(
+            measure("raw", "sqlite", data, None), measure("ours", "sqlite", data, None)
+        )
+        with redis_server(data) as url:
+            _flush(url)
+            raw = measure("raw", "redis", data, url)
+            _flush(url)
+            results["redis"] = _compare(raw, measure("ours", "redis", data, url))
+    results["summary"] = {
+        f"{backend}_{key}": results[backend][side][key] if side else results[backend][key]
+        for backend in ("sqlite", "redis")
+        for key, side in (("jobs_per_s", "ours"), ("overhead", None), ("pickup_ms_p50", "ours"))
+    }
+    results["loadavg_before"] = [round(x, 2) for x in load_before]
+    results["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    results["duration_s"] = round(time.perf_counter() - started, 1)
+    return results
+
+
+def _this_module() -> Any:
+    """This file under MODULE, the name the consumers import it by (run.py already loads it so)."""
+    if __name__ == MODULE:
+        return sys.modules[__name__]
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    return importlib.import_module(MODULE)
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))
