@@ -494,16 +494,14 @@ def subscribe(topic: str) -> Subscription:
 
 
 def progress(job_id: str) -> Callable[..., None]:
-    """A callable `(done, total=None, message=None)` publishing `job.progress` events for one job.
+    """The job's progress reporter `(done, total=None, message=None)` (DESIGN.md's task example).
 
-    Publishing only: recording progress in the jobs table and honouring cancel belong to the jobs layer.
+    One mechanism: it is `suite.core.tasks.progress`, which records progress in `core_job`, publishes
+    `job.progress` on this bus and raises `JobCancelled` once a cancel was requested.
     """
-    topic = job_topic(job_id)
+    from suite.core.tasks import progress as job_progress
 
-    def report(done: int, total: int | None = None, message: str | None = None) -> None:
-        publish(topic, "job.progress", {"job_id": job_id, "done": done, "total": total, "message": message})
-
-    return report
+    return job_progress(job_id)
 
 
 def reset() -> None:
