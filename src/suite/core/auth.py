@@ -357,12 +357,17 @@ def optional_user(
         token_user, token = authenticate_token(session, plain)
         request.state.api_token_id = token.id
         request.state.api_token_scopes = list(token.scopes)
-        return token_user
-    from suite.core import web_auth
+        user: User | None = token_user
+    else:
+        from suite.core import web_auth
 
-    user = web_auth.user_from_cookie(request, session)
-    if user is not None:
-        web_auth.check_csrf(request, session, submitted)
+        user = web_auth.user_from_cookie(request, session)
+        if user is not None:
+            web_auth.check_csrf(request, session, submitted)
+    # End the auth transaction now (last-used stamps included): on SQLite it holds the write lock, which a
+    # long or streaming route would otherwise keep until the response ends. Loaded objects stay usable.
+    if session.in_transaction():
+        session.commit()
     return user
 
 

@@ -35,6 +35,7 @@ class DomainSpec:
     migrations: str | None = None  # package whose folder holds this domain's Alembic versions
     readiness: str | None = None  # "mod:func" returning None when ready, or raising / returning a problem
     startup: str | None = None  # "mod:func" called with the FastAPI app on startup
+    shutdown: str | None = None  # "mod:func" called with the FastAPI app on shutdown
     roles: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
