@@ -1,0 +1,95 @@
+"""The broker interface both brokers implement (and the one contract test suite checks)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from suite.core.errors import Unavailable
+
+
+class BrokerUnavailable(Unavailable):
+    code = "broker_unavailable"
+
+
+@dataclass
+class Entry:
+    """One delivery of a request from the queue."""
+
+    id: str
+    request_id: str
+    fields: dict[str, str]
+    deliveries: int = 1
+
+
+@dataclass
+class Frame:
+    """One frame of a reply stream: `seq` rises by 1 across attempts."""
+
+    seq: int
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_message(self, request_id: str) -> dict[str, Any]:
+        return {"type": self.type, "request_id": request_id, "seq": self.seq, **self.data}
+
+    @staticmethod
+    def encode(data: dict[str, Any]) -> str:
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass
+class ReplyRead:
+    """Frames after a sequence number. `exists` is False when the stream is gone (expired, lost, unknown);
+    `gap` is True when entries after `after_seq` were trimmed away."""
+
+    frames: list[Frame]
+    exists: bool = True
+    gap: bool = False
+    last_seq: int = 0
+
+
+class Broker(Protocol):
+    kind: str
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> dict[str, Any]: ...
+
+    # request queue (consumer group semantics)
+    async def submit(self, request_id: str, fields: dict[str, str]) -> str: ...
+    async def claim(self, consumer: str, *, count: int = 1, block_ms: int = 5000) -> list[Entry]: ...
+    async def ack(self, entry: Entry) -> None: ...
+    async def heartbeat(self, consumer: str, entry_ids: list[str]) -> list[str]: ...
+    async def reclaim(self, consumer: str, *, count: int = 10) -> list[Entry]: ...
+    async def dead_letter(self, entry: Entry, error: str) -> None: ...
+    async def dead_letters(self, *, limit: int = 100) -> list[dict[str, Any]]: ...
+    async def remove_dead(self, request_id: str) -> dict[str, str] | None: ...
+    async def pending(self) -> dict[str, Any]: ...
+
+    # reply streams
+    async def reply_append(
+        self, request_id: str, type: str, data: dict[str, Any], *, create: bool = True
+    ) -> int: ...
+    async def reply_read(self, request_id: str, after_seq: int, *, block_ms: int = 0) -> ReplyRead: ...
+    async def reply_last_seq(self, request_id: str) -> int | None: ...
+
+    # control
+    async def cancel(self, request_id: str) -> None: ...
+    async def is_cancelled(self, request_id: str) -> bool: ...
+    async def inflight_acquire(self, request_id: str, worker: str, ttl_ms: int) -> bool: ...
+    async def inflight_release(self, request_id: str, worker: str) -> None: ...
+    async def lock_acquire(self, name: str, holder: str, ttl_ms: int) -> bool: ...
+    async def lock_release(self, name: str, holder: str) -> bool: ...
+    async def lock_holder(self, name: str) -> str | None: ...
+    async def rate_hit(
+        self, key: str, *, limit: int, window_s: int = 60, amount: int = 1
+    ) -> float | None: ...
+    async def rate_peek(self, key: str, *, window_s: int = 60) -> int: ...
+    async def counter_add(self, key: str, delta: int, *, ttl_s: int = 600) -> int: ...
+
+    # presence
+    async def worker_beat(self, name: str, info: dict[str, Any], ttl_s: int) -> None: ...
+    async def worker_gone(self, name: str) -> None: ...
+    async def live_workers(self) -> list[dict[str, Any]]: ...

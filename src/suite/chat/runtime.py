@@ -1,0 +1,360 @@
+"""The async side every entry point shares (WebSocket, REST, SSE, /v1): submit, cancel, and tail a reply.
+
+Send order: duplicate check (SQL) -> rate limit -> conversation lock (broker) -> rows (SQL) -> `status{queued}`
+-> enqueue. Frames carry the client's request id; Redis keys use the server's, so one user's client id can never
+reach another user's reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from suite.chat import service
+from suite.chat.broker.base import Broker, BrokerUnavailable
+from suite.chat.db import run_db
+from suite.chat.llm import ModelNotFound, is_known_model
+from suite.chat.models import FINISHED_STATES, ChatRequest, new_id
+from suite.chat.settings import ChatSettings
+from suite.chat.text import check_text
+from suite.core.errors import Conflict, NotFound, RateLimited, TooLarge
+
+TERMINAL = ("done", "error")
+
+
+def _precheck(
+    session: Any, *, user_id: int, client_request_id: str, fingerprint: str, conversation_id: str | None
+) -> service.Submitted | None:
+    dup = service.check_duplicate(
+        session, user_id=user_id, client_request_id=client_request_id, fingerprint=fingerprint
+    )
+    if dup is None and conversation_id:
+        service.get_conversation(session, user_id=user_id, conversation_id=conversation_id)
+    return dup
+
+
+def _state_of(session: Any, *, request_id: str) -> str | None:
+    req = session.get(ChatRequest, request_id)
+    return req.state if req else None
+
+
+class ChatRuntime:
+    def __init__(self, broker: Broker, settings: ChatSettings) -> None:
+        self.broker = broker
+        self.s = settings
+
+    # --- submit ---------------------------------------------------------------------------------------
+    def _check_content(self, content: str) -> None:
+        check_text(content)
+        if len(content) > self.s.max_message_chars:
+            raise TooLarge(f"message has {len(content)} characters; the limit is {self.s.max_message_chars}")
+
+    def _check_model(self, model: str | None) -> None:
+        if model and not is_known_model(model):
+            raise ModelNotFound(f"model {model!r} not found")
+
+    async def _rate(self, user_id: int) -> None:
+        retry = await self.broker.rate_hit(f"user:{user_id}", limit=self.s.messages_per_minute)
+        if retry is not None:
+            raise RateLimited(
+                f"more than {self.s.messages_per_minute} messages a minute; retry in {retry:.0f} s",
+                retry_after=retry,
+            )
+
+    async def _try_lock(self, conversation_id: str, request_id: str) -> bool:
+        return bool(
+            await self.broker.lock_acquire(f"conv:{conversation_id}", request_id, self.s.conv_lock_ms)
+        )
+
+    async def _lock(self, conversation_id: str, request_id: str) -> None:
+        name = f"conv:{conversation_id}"
+        if await self._try_lock(conversation_id, request_id):
+            return
+        holder = await self.broker.lock_holder(name)
+        if holder:
+            state = await run_db(_state_of, request_id=holder)
+            if state in FINISHED_STATES:  # a stale lock (its holder ended without releasing it)
+                await self.broker.lock_release(name, holder)
+                if await self.broker.lock_acquire(name, request_id, self.s.conv_lock_ms):
+                    return
+        raise service.Busy("another reply is being generated in this conversation")
+
+    async def send(
+        self,
+        *,
+        user_id: int,
+        client_request_id: str,
+        content: str,
+        conversation_id: str | None = None,
+        parent_id: str | None = None,
+        model: str | None = None,
+        system_prompt: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> service.Submitted:
+        self._check_content(content)
+        fingerprint = service.send_fingerprint(
+            kind="send", content=content, conversation_id=conversation_id, parent_id=parent_id
+        )
+        self._check_model(model)
+        cap = min(max_tokens or self.s.max_tokens, self.s.max_tokens)
+        service.check_budget(
+            content=content, system_prompt=system_prompt or self.s.system_prompt, max_tokens=cap
+        )
+        # Fast path: lock, then one transaction that also catches a duplicate (unique key) and a foreign
+        # conversation. The duplicate check runs first only when the lock is taken (a resend while it runs).
+        conv_id = conversation_id or new_id()
+        rid = new_id()
+        if not await self._try_lock(conv_id, rid):
+            dup = await run_db(
+                _precheck,
+                user_id=user_id,
+                client_request_id=client_request_id,
+                fingerprint=fingerprint,
+                conversation_id=conversation_id,
+            )
+            if dup is not None:
+                return dup
+            await self._lock(conv_id, rid)
+        try:
+            await self._rate(user_id)
+            sub = await run_db(
+                service.create_send,
+                request_id=rid,
+                user_id=user_id,
+                client_request_id=client_request_id,
+                fingerprint=fingerprint,
+                conversation_id=conv_id,
+                new_conversation=conversation_id is None,
+                content=content,
+                parent_id=parent_id,
+                model=model,
+                system_prompt=system_prompt,
+                params={"max_tokens": cap, "temperature": temperature},
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.broker.lock_release(f"conv:{conv_id}", rid)
+            raise
+        if sub.duplicate:
+            await self.broker.lock_release(f"conv:{conv_id}", rid)
+            return sub
+        await self._enqueue(sub, user_id=user_id)
+        return sub
+
+    async def regenerate(
+        self,
+        *,
+        user_id: int,
+        client_request_id: str,
+        message_id: str,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> service.Submitted:
+        check_text(message_id)
+        fingerprint = service.send_fingerprint(
+            kind="regenerate", content=None, conversation_id=None, parent_id=None, message_id=message_id
+        )
+        dup = await run_db(
+            _precheck,
+            user_id=user_id,
+            client_request_id=client_request_id,
+            fingerprint=fingerprint,
+            conversation_id=None,
+        )
+        if dup is not None:
+            return dup
+        self._check_model(model)
+        msg = await run_db(_message_conversation, user_id=user_id, message_id=message_id)
+        await self._rate(user_id)
+        rid = new_id()
+        await self._lock(msg, rid)
+        try:
+            sub = await run_db(
+                service.create_regenerate,
+                request_id=rid,
+                user_id=user_id,
+                client_request_id=client_request_id,
+                fingerprint=fingerprint,
+                message_id=message_id,
+                model=model,
+                params={
+                    "max_tokens": min(max_tokens or self.s.max_tokens, self.s.max_tokens),
+                    "temperature": temperature,
+                },
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.broker.lock_release(f"conv:{msg}", rid)
+            raise
+        if sub.duplicate:
+            await self.broker.lock_release(f"conv:{msg}", rid)
+            return sub
+        await self._enqueue(sub, user_id=user_id)
+        return sub
+
+    async def submit_api(
+        self,
+        *,
+        user_id: int,
+        api_token_id: int | None,
+        model: str,
+        messages: list[dict[str, str]],
+        params: dict[str, Any],
+    ) -> service.Submitted:
+        rid = new_id()
+        sub = await run_db(
+            service.create_api_request,
+            request_id=rid,
+            user_id=user_id,
+            api_token_id=api_token_id,
+            model=model,
+            messages=messages,
+            params=params,
+        )
+        await self._enqueue(sub, user_id=user_id)
+        return sub
+
+    async def _enqueue(self, sub: service.Submitted, *, user_id: int) -> None:
+        try:
+            position = None
+            pending = getattr(self.broker, "_queue", None)
+            if pending is not None:
+                position = len(pending) + 1
+            await self.broker.reply_append(
+                sub.request_id, "status", {"state": "queued", "position": position}
+            )
+            await self.broker.submit(
+                sub.request_id,
+                {
+                    "user_id": str(user_id),
+                    "conversation_id": sub.conversation_id or "",
+                    "model": sub.model,
+                    "enqueued_at": str(time.time()),
+                },
+            )
+        except BrokerUnavailable as exc:
+            await run_db(
+                service.fail_request,
+                request_id=sub.request_id,
+                state="error",
+                code="broker_unavailable",
+                message=exc.message,
+            )
+            if sub.conversation_id:
+                with contextlib.suppress(Exception):
+                    await self.broker.lock_release(f"conv:{sub.conversation_id}", sub.request_id)
+            raise
+
+    # --- control --------------------------------------------------------------------------------------
+    async def find(self, *, user_id: int, client_request_id: str) -> dict[str, Any]:
+        return await run_db(_request_row, user_id=user_id, client_request_id=client_request_id)
+
+    async def cancel(self, *, user_id: int, client_request_id: str) -> dict[str, Any]:
+        row = await self.find(user_id=user_id, client_request_id=client_request_id)
+        if row["state"] in FINISHED_STATES:
+            raise Conflict(f"request {client_request_id} already finished ({row['state']})")
+        await self.broker.cancel(row["id"])
+        return row
+
+    # --- tail -----------------------------------------------------------------------------------------
+    async def frames(
+        self, *, request_id: str, client_request_id: str, after_seq: int = 0
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The reply's frames after `after_seq`, then the live tail until `done` or `error`.
+
+        Past an expired or trimmed buffer: `reset`, the stored text as one `delta`, and `done` from SQL.
+        A stream that vanished (Redis lost it) with the request unfinished: `error{broker_unavailable}` after
+        `reply_timeout_s`."""
+        seq = after_seq
+        read = await self.broker.reply_read(request_id, seq)
+        if not read.exists or read.gap:
+            stored = await run_db(service.done_frame, request_id=request_id)
+            if stored is not None:
+                text = stored.pop("text", "")
+                kind = stored.pop("type")
+                base = max(seq, read.frames[-1].seq if read.frames else 0)
+                yield {"type": "reset", "request_id": client_request_id, "seq": base + 1, "attempt": 0}
+                if text:
+                    yield {"type": "delta", "request_id": client_request_id, "seq": base + 2, "text": text}
+                yield {"type": kind, "request_id": client_request_id, "seq": base + 3, **stored}
+                return
+        idle_since = time.monotonic()
+        block_ms = int(min(5000, max(50, self.s.reply_timeout_s * 1000 / 4)))
+        while True:
+            for frame in read.frames:
+                seq = frame.seq
+                yield frame.to_message(client_request_id)
+                if frame.type in TERMINAL:
+                    return
+            if read.frames:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since >= self.s.reply_timeout_s:
+                last = await self.broker.reply_last_seq(request_id)
+                if last is None or last < seq:
+                    state = await run_db(_state_of, request_id=request_id)
+                    if state is not None and state not in FINISHED_STATES:
+                        await run_db(
+                            service.fail_request,
+                            request_id=request_id,
+                            state="error",
+                            code="broker_unavailable",
+                            message="the reply stream was lost (the broker restarted?)",
+                        )
+                    stored = await run_db(service.done_frame, request_id=request_id)
+                    if stored is not None and stored.get("type") == "done":
+                        stored.pop("text", None)
+                        stored.pop("type")
+                        yield {"type": "done", "request_id": client_request_id, "seq": seq + 1, **stored}
+                        return
+                    yield {
+                        "type": "error",
+                        "request_id": client_request_id,
+                        "seq": seq + 1,
+                        "code": "broker_unavailable",
+                        "message": "the reply stream was lost; the request can be sent again",
+                    }
+                    return
+                idle_since = time.monotonic()
+            try:
+                read = await self.broker.reply_read(request_id, seq, block_ms=block_ms)
+            except BrokerUnavailable:
+                read = type(read)([], exists=True, last_seq=seq)
+                await asyncio.sleep(0.2)
+
+
+def _message_conversation(session: Any, *, user_id: int, message_id: str) -> str:
+    return service.get_message(session, user_id=user_id, message_id=message_id).conversation_id
+
+
+def _request_row(session: Any, *, user_id: int, client_request_id: str) -> dict[str, Any]:
+    req = service.get_request(session, user_id=user_id, client_request_id=client_request_id)
+    return request_dict(req)
+
+
+def request_dict(req: ChatRequest) -> dict[str, Any]:
+    return {
+        "id": req.id,
+        "request_id": req.client_request_id,
+        "conversation_id": req.conversation_id,
+        "kind": req.kind,
+        "state": req.state,
+        "attempts": req.attempt,
+        "deliveries": req.deliveries,
+        "model": req.model,
+        "user_message_id": req.user_message_id,
+        "message_id": req.assistant_message_id,
+        "error_code": req.error_code,
+        "error_message": req.error_message,
+        "usage": {"prompt_tokens": req.tokens_in, "completion_tokens": req.tokens_out},
+        "timings": service.request_timings(req),
+        "enqueued_at": req.enqueued_at,
+        "finished_at": req.finished_at,
+    }
+
+
+__all__ = ["ChatRuntime", "NotFound"]

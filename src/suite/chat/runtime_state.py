@@ -1,0 +1,138 @@
+"""The process's chat runtime: one broker, one `ChatRuntime`, and the embedded worker of `serve`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from suite.chat.runtime import ChatRuntime
+
+log = logging.getLogger("suite.chat")
+
+_runtime: ChatRuntime | None = None
+_worker: Any = None
+_provider_check: tuple[float, str, str | None] | None = None
+
+
+def get_runtime() -> ChatRuntime:
+    global _runtime
+    if _runtime is None:
+        from suite.chat.broker import get_broker
+        from suite.core.config import get_settings
+
+        _runtime = ChatRuntime(get_broker(), get_settings().chat)
+    return _runtime
+
+
+def embedded_worker() -> Any:
+    return _worker
+
+
+async def start(*, worker: bool | None = None, concurrency: int | None = None) -> None:
+    """Server startup: the in-process broker forgets nothing silently (unfinished requests end `interrupted`),
+    the Redis group is created when Redis answers, and the embedded worker starts (always for memory)."""
+    global _worker
+    from suite.chat import service
+    from suite.chat.broker.base import BrokerUnavailable
+    from suite.chat.db import run_db
+    from suite.chat.worker import ChatWorker
+    from suite.core.config import get_settings
+
+    settings = get_settings()
+    runtime = get_runtime()
+    broker = runtime.broker
+    if broker.kind == "memory":
+        try:
+            count = await run_db(service.interrupt_unfinished)
+            if count:
+                log.warning(
+                    "chat: %d unfinished request(s) from before the restart marked interrupted", count
+                )
+        except Exception as exc:  # the database may be down: /readyz says so
+            log.error("chat: could not mark unfinished requests: %s", exc)
+    try:
+        await broker.start()
+    except BrokerUnavailable as exc:
+        log.error("chat: %s (serving anyway; /readyz names chat_broker)", exc.message)
+    if worker is None:
+        worker = broker.kind == "memory" or settings.server.embedded_worker
+    if worker and _worker is None:
+        _worker = ChatWorker(broker, settings=settings.chat, concurrency=concurrency)
+        await _worker.start()
+        log.info("chat: embedded worker %s started (%s broker)", _worker.name, broker.kind)
+
+
+async def stop() -> None:
+    global _worker, _runtime
+    if _worker is not None:
+        await _worker.stop(interrupt=_worker.broker.kind == "memory")
+        _worker = None
+    if _runtime is not None:
+        await _runtime.broker.close()
+    _runtime = None
+    from suite.chat.broker import set_broker
+
+    set_broker(None)
+
+
+def reset() -> None:
+    global _runtime, _worker, _provider_check
+    _runtime = _worker = _provider_check = None
+
+
+# --- readiness (sync: called from /readyz in a worker thread) ---------------------------------------------
+
+
+def readiness_problems() -> dict[str, str | None]:
+    from suite.core.config import get_settings
+
+    settings = get_settings()
+    chat = settings.chat
+    problems: dict[str, str | None] = {"chat_broker": None, "chat_workers": None, "chat_provider": None}
+    if chat.use_redis(settings.redis_url):
+        import redis
+
+        try:
+            client = redis.Redis.from_url(
+                settings.redis_url or "", socket_connect_timeout=1, socket_timeout=1, decode_responses=True
+            )
+            try:
+                client.ping()
+                key = f"{chat.redis_prefix}req"
+                groups = client.xinfo_groups(key) if client.exists(key) else []
+                if not any(g.get("name") == "workers" for g in groups):
+                    problems["chat_broker"] = f"consumer group 'workers' on {key} missing"
+                workers = list(client.scan_iter(match=f"{chat.redis_prefix}worker:*", count=100))
+                if not workers:
+                    problems["chat_workers"] = "no live worker heartbeat (start `suite chat worker`)"
+            finally:
+                client.close()
+        except redis.RedisError as exc:
+            problems["chat_broker"] = f"redis: {exc}"
+            problems["chat_workers"] = "unknown (broker down)"
+    else:
+        if _worker is None or _worker._stopping:
+            problems["chat_workers"] = "the embedded worker is not running"
+    problems["chat_provider"] = provider_problem(chat.default_model)
+    return problems
+
+
+def provider_problem(name: str) -> str | None:
+    global _provider_check
+    now = time.monotonic()
+    if _provider_check and _provider_check[1] == name and now - _provider_check[0] < 10:
+        return _provider_check[2]
+    from suite.chat.llm import get_provider
+
+    try:
+        check = get_provider(name).check_sync()
+        problem = (
+            None
+            if check.ok
+            else (check.detail + (f" ({check.install_command})" if check.install_command else ""))
+        )
+    except Exception as exc:
+        problem = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
+    _provider_check = (now, name, problem)
+    return problem
