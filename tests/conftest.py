@@ -45,7 +45,7 @@ def reset_caches() -> None:
     web_auth = sys.modules.get("suite.core.web_auth")
     if web_auth is not None:
         web_auth.reset_rate_limits()
-    for name in ("suite.core.tasks", "suite.core.events", "suite.core.llm"):
+    for name in ("suite.core.tasks", "suite.core.events", "suite.core.llm", "suite.core.web"):
         module = sys.modules.get(name)
         reset = getattr(module, "reset", None)
         if callable(reset):

@@ -21,6 +21,7 @@ app = typer.Typer(
     help="suite: recommendations, a movie catalog, chat, a Jira story writer and image generation in one tool.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: typer.rich_utils alone would double the cost of `suite --help`
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 config_app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
@@ -135,8 +136,11 @@ def serve(
     ] = None,
     reload: Annotated[bool, typer.Option("--reload", help="Restart on code changes (development).")] = False,
     worker: Annotated[
-        bool, typer.Option("--worker/--no-worker", help="Run an embedded job consumer.")
-    ] = True,
+        bool | None,
+        typer.Option(
+            "--worker/--no-worker", help="Run an embedded job consumer (default: server.embedded_worker)."
+        ),
+    ] = None,
 ) -> None:
     """Serve every domain in one app: /api/v1/<domain>, pages under /<domain>/, /healthz, /readyz, /docs."""
     from suite.core.server import run_server

@@ -10,6 +10,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import tomllib
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
@@ -58,9 +59,8 @@ def _warn(message: str) -> None:
 
 
 def _allowed(name: str) -> tuple[list[str] | None, list[str]]:
-    # Read the allow/deny lists without loading full settings (settings need the specs first).
-    from suite.core.config import read_toml
-
+    # Read the allow/deny lists without loading full settings (settings need the specs first, and pydantic
+    # would cost `suite --help` a tenth of a second).
     allow_env = os.environ.get("SUITE_PLUGINS__ALLOW")
     deny_env = os.environ.get("SUITE_PLUGINS__DENY")
     try:
@@ -70,6 +70,15 @@ def _allowed(name: str) -> tuple[list[str] | None, list[str]]:
     allow = _parse_list(allow_env) if allow_env is not None else table.get("allow")
     deny = _parse_list(deny_env) if deny_env is not None else table.get("deny", [])
     return allow, list(deny or [])
+
+
+def read_toml() -> dict[str, Any]:
+    """suite.toml as a dict; problems are left for the settings loader to report."""
+    try:
+        with open(os.environ.get("SUITE_CONFIG", "suite.toml"), "rb") as fh:
+            return tomllib.load(fh)
+    except (OSError, ValueError):
+        return {}
 
 
 def _parse_list(raw: str) -> list[str]:
