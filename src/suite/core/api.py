@@ -241,8 +241,11 @@ def install_error_handlers(app: FastAPI) -> None:
         from sqlalchemy.exc import OperationalError
 
         if isinstance(exc, OperationalError):
-            from suite.core.db import describe_db_error
+            from suite.core.db import describe_db_error, is_busy_error
 
+            if is_busy_error(exc):
+                body = error_body("database_busy", "the database is busy; retry shortly")
+                return JSONResponse(body, status_code=503, headers={**headers, "Retry-After": "1"})
             body = error_body("database_unavailable", describe_db_error(exc))
             return JSONResponse(body, status_code=503, headers=headers)
         log.error(

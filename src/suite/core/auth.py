@@ -21,6 +21,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from suite.core.db import SessionDep, utcnow
@@ -367,7 +368,11 @@ def optional_user(
     # End the auth transaction now (last-used stamps included): on SQLite it holds the write lock, which a
     # long or streaming route would otherwise keep until the response ends. Loaded objects stay usable.
     if session.in_transaction():
-        session.commit()
+        try:
+            session.commit()
+        except OperationalError:
+            # A read-only request lost the race to stamp last-used times: the stamp waits for the next one.
+            session.rollback()
     return user
 
 

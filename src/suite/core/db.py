@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event, make_url, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -30,6 +30,8 @@ NAMING_CONVENTION = {
 }
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+SQLITE_BEGIN_OPTION = "suite_sqlite_begin"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class Base(DeclarativeBase):
@@ -63,6 +65,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _sqlite_begin(conn: Connection) -> None:
+    mode = conn.get_execution_options().get(SQLITE_BEGIN_OPTION, "IMMEDIATE")
+    conn.exec_driver_sql("BEGIN DEFERRED" if mode == "DEFERRED" else "BEGIN IMMEDIATE")
+
+
 def build_engine(url: str, **kwargs: Any) -> Engine:
     url = normalise_url(url)
     parsed = make_url(url)
@@ -75,9 +82,10 @@ def build_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite's own transaction handling breaks SAVEPOINT; emit BEGIN ourselves (SQLAlchemy's recipe).
         # IMMEDIATE takes the write lock up front: a deferred read-then-write transaction fails at once with
-        # "database is locked" under WAL instead of waiting out busy_timeout.
+        # "database is locked" under WAL instead of waiting out busy_timeout. Readers (requests with safe
+        # HTTP methods) ask for DEFERRED through an execution option so they never queue behind writers.
         event.listen(engine, "connect", lambda conn, _rec: setattr(conn, "isolation_level", None))
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("connect_args", {"connect_timeout": 5})
@@ -93,6 +101,13 @@ def get_engine() -> Engine:
 @lru_cache(maxsize=1)
 def _sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(), expire_on_commit=False)
+
+
+@lru_cache(maxsize=1)
+def _read_sessionmaker() -> sessionmaker[Session]:
+    """Sessions that begin DEFERRED on SQLite (no effect elsewhere): for work that does not write."""
+    engine = get_engine().execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
+    return sessionmaker(bind=engine, expire_on_commit=False)
 
 
 _override: Connection | None = None
@@ -111,10 +126,12 @@ def bind_to(connection: Connection) -> Iterator[None]:
         _override = previous
 
 
-def new_session() -> Session:
+def new_session(*, read_only: bool = False) -> Session:
+    """A session on the process's engine. `read_only` sessions must not write (on SQLite a write there can
+    fail with "database is locked" when another writer committed since its first read)."""
     if _override is not None:
         return Session(bind=_override, join_transaction_mode="create_savepoint", expire_on_commit=False)
-    return _sessionmaker()()
+    return (_read_sessionmaker() if read_only else _sessionmaker())()
 
 
 @contextmanager
@@ -135,8 +152,9 @@ def session_scope() -> Iterator[Session]:
         session.close()
 
 
-def get_session() -> Iterator[Session]:
-    session = new_session()
+def get_session(request: Request) -> Iterator[Session]:
+    """The request's session: GET/HEAD/OPTIONS read without taking SQLite's write lock; other methods write."""
+    session = new_session(read_only=request.method in SAFE_METHODS)
     try:
         yield session
         session.commit()
@@ -154,6 +172,12 @@ def describe_db_error(exc: SQLAlchemyError) -> str:
     orig = getattr(exc, "orig", None) or exc
     reason = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
     return f"database {safe_url(get_settings().effective_database_url)}: {reason}"
+
+
+def is_busy_error(exc: BaseException) -> bool:
+    """SQLite's "database is locked" / busy: the database is fine, another writer held it too long."""
+    text_ = str(getattr(exc, "orig", exc)).lower()
+    return "database is locked" in text_ or "database is busy" in text_
 
 
 def check_connection(engine: Engine | None = None) -> None:
@@ -192,4 +216,5 @@ def reset_engine() -> None:
         get_engine().dispose()
     get_engine.cache_clear()
     _sessionmaker.cache_clear()
+    _read_sessionmaker.cache_clear()
     _prepared = False

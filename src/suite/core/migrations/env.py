@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
 from typing import Any
 
 from alembic import context
@@ -15,7 +16,23 @@ target_metadata = Base.metadata
 domain = config.attributes.get("autogenerate_domain")
 
 
+def _ignored() -> list[str]:
+    """fnmatch patterns of objects written by hand in migrations (FTS tables, generated search columns) that
+    autogenerate must leave alone: `DomainSpec.extra["autogenerate_ignore"]`, matched on `table` and
+    `table.column` / index names."""
+    from suite.core.plugins import load_domain_specs
+
+    return [p for spec in load_domain_specs() for p in spec.extra.get("autogenerate_ignore", ())]
+
+
+IGNORED = _ignored()
+
+
 def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+    table = getattr(getattr(obj, "table", None), "name", None)
+    names = [str(name)] + ([f"{table}.{name}"] if table else [])
+    if reflected and compare_to is None and any(fnmatch(n, p) for n in names for p in IGNORED):
+        return False
     if type_ == "table" and domain:
         return bool(name and name.startswith(f"{domain}_"))
     if domain and hasattr(obj, "table") and obj.table is not None:
