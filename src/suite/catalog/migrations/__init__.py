@@ -1,0 +1,1 @@
+"""The catalog branch of the suite's Alembic environment (branch label `catalog`)."""
