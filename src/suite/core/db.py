@@ -202,7 +202,11 @@ def prepare_database() -> None:
     with _prepare_lock:
         if _prepared:
             return
-        from suite.core.migrations import upgrade
+        from suite.core.migrations import import_models, upgrade
+
+        # Every table in the metadata, so a domain's foreign keys to core tables resolve even when the
+        # database is already current and no migration runs.
+        import_models()
 
         check_connection()
         upgrade(get_engine())
