@@ -548,3 +548,42 @@ def test_pages_render(client: Any) -> None:
     assert page.status_code == 200 and "Generate" in page.text and "Euler a" in page.text
     history = client.get("/imagegen/history")
     assert history.status_code == 200 and "a red circle" in history.text
+
+
+def test_cancel_a_model_load_through_the_api(client: Any, worker: Any) -> None:
+    """POST /engine/cancel-load stops a load between two components: the job that needed the model ends
+    cancelled (load_cancelled), the engine is idle, and the next job loads and succeeds. A job cancelled while
+    its model loads is cancelled too."""
+    worker.call(lambda engine: engine.unload())
+    seen, go_on = threading.Event(), threading.Event()
+
+    def on_event(event: str, data: dict[str, Any]) -> None:  # on the worker thread, inside the load
+        if event == "model.load_progress" and data["done"] == 1 and not seen.is_set():
+            seen.set()
+            go_on.wait(10)
+
+    unsubscribe = worker.subscribe(on_event)
+    try:
+        job_id = submit(client)
+        assert seen.wait(30)
+        r = client.post(f"{API}/engine/cancel-load")
+        assert r.status_code == 202 and r.json()["cancelling"] is True
+        go_on.set()
+        job = wait_job(client, job_id)
+        assert job["status"] == "cancelled" and job["error"]["code"] == "load_cancelled", job
+        assert client.get(f"{API}/engine").json()["state"] == "idle"
+        r = client.post(f"{API}/engine/cancel-load")
+        assert r.status_code == 409 and r.json()["error"]["code"] == "not_loading"
+
+        seen.clear()
+        go_on.clear()
+        job_id = submit(client)
+        assert seen.wait(30)
+        assert client.delete(f"{API}/jobs/{job_id}").status_code == 202
+        go_on.set()
+        assert wait_job(client, job_id)["status"] == "cancelled"
+    finally:
+        go_on.set()
+        unsubscribe()
+    assert wait_job(client, submit(client))["status"] == "succeeded"
+    assert client.get(f"{API}/engine").json()["state"] == "loaded"

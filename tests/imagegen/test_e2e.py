@@ -123,3 +123,84 @@ def test_readyz_and_healthz(server: str) -> None:
     assert httpx.get(server + "/healthz").status_code == 200
     r = httpx.get(server + "/readyz")
     assert r.status_code == 200 and r.json()["checks"]["imagegen"]["ok"] is True
+
+
+def _serve(app: Any) -> tuple[Any, threading.Thread, str]:
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2
+    )
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.started
+    return srv, thread, f"http://127.0.0.1:{port}"
+
+
+def test_shutdown_interrupts_the_running_job_and_joins_the_worker(model: Any, suite_env: Any) -> None:
+    """The domain's shutdown hook: the running job ends `interrupted` within a step, no worker thread is left,
+    no temp file remains, the queued native job survives and runs on the next start."""
+    import httpx
+
+    from suite.core.api import create_app
+    from suite.imagegen import progress, sio
+    from suite.imagegen import worker as worker_mod
+
+    try:
+        srv, thread, base = _serve(create_app(["imagegen"]))
+        with httpx.Client(base_url=base, timeout=60) as http:
+            long_body = {"prompt": "x", "steps": 150, "n_iter": 4, "width": 64, "height": 64, "seed": 1}
+            running = http.post("/api/v1/imagegen/jobs", json=long_body).json()["job_id"]
+            queued = http.post("/api/v1/imagegen/jobs", json={**long_body, "steps": 1, "n_iter": 1}).json()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                job = http.get(f"/api/v1/imagegen/jobs/{running}").json()
+                if job["status"] == "running" and job["step"] >= 1:
+                    break
+                time.sleep(0.05)
+            assert job["status"] == "running", job
+        worker = worker_mod.current_worker()
+        assert worker is not None and worker.alive
+        t0 = time.monotonic()
+        srv.should_exit = True
+        thread.join(30)
+        assert not thread.is_alive()
+        assert time.monotonic() - t0 < 15
+        assert not worker.alive and worker_mod.current_worker() is None
+        assert not [t for t in threading.enumerate() if t.name == "imagegen-worker"]
+        assert not list((suite_env / "imagegen").rglob("*.tmp"))
+
+        from suite.core.db import session_scope
+        from suite.imagegen.models import GenJob
+
+        with session_scope() as session:
+            stopped = session.get(GenJob, running)
+            assert stopped.status == "interrupted" and not stopped.images
+            assert 1 <= stopped.step < 600
+            assert session.get(GenJob, queued["job_id"]).status == "queued"
+
+        srv, thread, base = _serve(create_app(["imagegen"]))  # the next start runs what was queued
+        with httpx.Client(base_url=base, timeout=60) as http:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                job = http.get(f"/api/v1/imagegen/jobs/{queued['job_id']}").json()
+                if job["status"] not in ("queued", "running"):
+                    break
+                time.sleep(0.05)
+            assert job["status"] == "succeeded", job
+        srv.should_exit = True
+        thread.join(30)
+        assert worker_mod.current_worker() is None
+    finally:
+        worker_mod.shutdown_worker()
+        progress.reset()
+        sio.reset()

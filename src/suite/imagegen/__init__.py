@@ -13,7 +13,9 @@ DOMAIN = DomainSpec(
     root_router="suite.imagegen.api:sdapi",
     settings="suite.imagegen.settings:ImagegenSettings",
     models="suite.imagegen.models",
+    tasks="suite.imagegen.tasks",
     migrations="suite.imagegen.migrations",
     readiness="suite.imagegen.api:readiness",
     startup="suite.imagegen.api:startup",
+    shutdown="suite.imagegen.api:shutdown",
 )

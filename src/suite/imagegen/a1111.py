@@ -60,9 +60,10 @@ class A1111Route(APIRoute):
         return route
 
 
-def _auth(request: Request) -> service.Caller:
-    """HTTP Basic (user + API token) or a bearer token; open on loopback when allowed."""
-    from suite.core.auth import authenticate_token, bearer_token
+async def _auth(request: Request) -> service.Caller:
+    """HTTP Basic (user + API token) or a bearer token; open on loopback when allowed. Async: only a token
+    lookup goes to the thread pool."""
+    from suite.core.auth import bearer_token
 
     s = service.settings()
     if not s.a1111:
@@ -76,11 +77,7 @@ def _auth(request: Request) -> service.Caller:
         except ValueError:
             raise Unauthorized("bad basic auth header") from None
     if token:
-        with service.write_lock, session_scope() as session:
-            user, _tok = authenticate_token(session, token)
-            if username is not None and not secrets.compare_digest(username, user.username):
-                raise Unauthorized("user name does not match the token")
-            return service.Caller(user_id=user.id, admin=user.role == "admin")
+        return await run_in_threadpool(_token_caller, token, username)
     from suite.imagegen.api import is_loopback
 
     if s.a1111_open_on_loopback and is_loopback(request):
@@ -88,13 +85,23 @@ def _auth(request: Request) -> service.Caller:
     raise Unauthorized("authentication required (HTTP Basic with an API token, or a bearer token)")
 
 
+def _token_caller(token: str, username: str | None) -> service.Caller:
+    from suite.core.auth import authenticate_token
+
+    with service.write_lock, session_scope() as session:
+        user, _tok = authenticate_token(session, token)
+        if username is not None and not secrets.compare_digest(username, user.username):
+            raise Unauthorized("user name does not match the token")
+        return service.Caller(user_id=user.id, admin=user.role == "admin")
+
+
 A1111Caller = Annotated[service.Caller, Depends(_auth)]
 
 
-def _origin(request: Request) -> None:
-    from suite.imagegen.api import check_origin
+async def _origin(request: Request) -> None:
+    from suite.imagegen.api import refuse_foreign_origin
 
-    check_origin(request)
+    refuse_foreign_origin(request)
 
 
 sdapi = APIRouter(prefix="/sdapi/v1", route_class=A1111Route, tags=["a1111"], dependencies=[Depends(_origin)])
@@ -325,7 +332,7 @@ def reload_checkpoint(caller: A1111Caller) -> dict[str, Any]:
 
     with session_scope() as session:
         model, _ = service.default_model(session)
-        spec = {"id": model.id, "name": model.name, "path": model.path, "sha256": model.sha256}
+        spec = service.model_spec(model)
     w = worker()
     w.call(lambda engine: w.ensure_model(spec))
     return {}

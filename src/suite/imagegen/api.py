@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import logging
@@ -38,8 +39,9 @@ from suite.imagegen.service import Caller
 log = logging.getLogger("suite.imagegen.api")
 LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+SMALL_FILE = 4 * 1024 * 1024
 
-__all__ = ["pages", "readiness", "router", "sdapi", "startup"]
+__all__ = ["pages", "readiness", "router", "sdapi", "shutdown", "startup"]
 
 
 # --- callers and origins ------------------------------------------------------------------------------------
@@ -70,7 +72,15 @@ def origin_allowed(origin: str | None, host: str | None, scheme: str = "http") -
     return False
 
 
-def check_origin(request: Request) -> None:
+# The dependencies below are `async def` on purpose: they do no I/O, and a sync dependency costs a hop to the
+# thread pool per request (on a loaded 2-core machine each hop is a scheduling delay of its own).
+
+
+async def check_origin(request: Request) -> None:
+    refuse_foreign_origin(request)
+
+
+def refuse_foreign_origin(request: Request) -> None:
     """403 foreign_origin for a state-changing request from another site (browsers send Origin)."""
     if request.method in UNSAFE_METHODS and not origin_allowed(
         request.headers.get("origin"), request.headers.get("host")
@@ -80,7 +90,7 @@ def check_origin(request: Request) -> None:
         )
 
 
-def get_caller(request: Request, user: OptionalUser) -> Caller:
+async def get_caller(request: Request, user: OptionalUser) -> Caller:
     """A bearer token (or web session) user; anonymous local access from loopback when allowed."""
     if user is not None:
         return Caller(user_id=user.id, admin=user.role == "admin")
@@ -92,7 +102,7 @@ def get_caller(request: Request, user: OptionalUser) -> Caller:
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
-def admin_caller(caller: CallerDep) -> Caller:
+async def admin_caller(caller: CallerDep) -> Caller:
     if not caller.admin:
         raise Forbidden("admin role required")
     return caller
@@ -270,6 +280,8 @@ def read_image(
             buf = io.BytesIO()
             img.save(buf, format="PNG")
         return Response(buf.getvalue(), media_type="image/png")
+    if path.stat().st_size <= SMALL_FILE:  # one read here beats FileResponse's thread hops per chunk
+        return Response(path.read_bytes(), media_type="image/png")
     return FileResponse(path, media_type="image/png")
 
 
@@ -295,6 +307,7 @@ def model_read(model: Any) -> dict[str, Any]:
         "family": model.family,
         "source": model.source,
         "path": model.path,
+        "config_skeleton": model.config_skeleton,
         "sha256": model.sha256,
         "short_hash": model.short_hash,
         "size_bytes": model.size_bytes,
@@ -314,7 +327,12 @@ def list_models(session: SessionDep, caller: CallerDep) -> list[dict[str, Any]]:
 def add_model(body: ModelCreate, session: SessionDep, caller: AdminDep) -> dict[str, Any]:
     roots = service.settings().model_roots or [service.models_root()]
     model = service.add_model(
-        session, path=Path(body.path), name=body.name, family=body.family, allowed_roots=list(roots)
+        session,
+        path=Path(body.path),
+        name=body.name,
+        family=body.family,
+        allowed_roots=list(roots),
+        config=Path(body.config) if body.config else None,
     )
     return model_read(model)
 
@@ -339,7 +357,7 @@ def switch_model(session: Session, model: Any) -> None:
     w = worker()
     if service.settings().switch_policy == "refuse" and w.busy:
         raise Conflict("a job is running; try again when it ends", code="engine_busy")
-    spec = {"id": model.id, "name": model.name, "path": model.path, "sha256": model.sha256}
+    spec = service.model_spec(model)
     session.commit()
     w.call(lambda engine: w.ensure_model(spec))
 
@@ -356,6 +374,17 @@ def unload(caller: AdminDep) -> dict[str, Any]:
     w = worker()
     w.call(lambda engine: engine.unload())
     return dict(w.engine_info)
+
+
+@router.post("/engine/cancel-load", status_code=202)
+def cancel_load(caller: AdminDep) -> dict[str, Any]:
+    """Stop the model load in progress (between two components); 409 when nothing is loading."""
+    from suite.imagegen.worker import current_worker
+
+    w = current_worker()
+    if w is None or not w.cancel_load():
+        raise Conflict("no model load is in progress", code="not_loading")
+    return {"cancelling": True, "model": w.engine_info.get("model")}
 
 
 @router.get("/engine")
@@ -439,17 +468,70 @@ def png_info(body: PngInfoRequest) -> dict[str, Any]:
     return read_png_info(body.image)
 
 
+def download_read(job: Any) -> dict[str, Any]:
+    return {
+        "job_id": job.id,
+        "state": job.state,
+        "done": job.progress_done,
+        "total": job.progress_total,
+        "message": job.message,
+        "error": job.error,
+        "params": job.params,
+        "result": job.result,
+        "created_at": job.created_at,
+        "finished_at": job.finished_at,
+    }
+
+
+def _download_job(session: Session, job_id: str) -> Any:
+    from suite.core import tasks
+    from suite.core.errors import NotFound
+
+    if not formats.SAFE_ID.match(job_id):
+        raise NotFound(f"download {job_id[:80]!r} not found", code="job_not_found")
+    try:
+        job = tasks.get_job(session, job_id=job_id)
+    except NotFound:
+        job = None
+    if job is None or job.domain != "imagegen" or job.name != "download":
+        raise NotFound(f"download {job_id!r} not found", code="job_not_found")
+    return job
+
+
 @router.post("/downloads", status_code=202)
-def create_download(body: DownloadCreate, caller: AdminDep) -> dict[str, Any]:
-    import os
+def create_download(body: DownloadCreate, session: SessionDep, caller: AdminDep) -> dict[str, Any]:
+    """Queue a download job (core jobs: `suite worker` or serve's embedded consumer runs it)."""
+    from suite.imagegen import downloads
 
-    from suite.core.errors import Unavailable
+    session.rollback()  # no read snapshot held across the job's own transactions
+    job = downloads.submit(owner_id=caller.user_id, **body.model_dump())
+    return download_read(job)
 
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or not service.settings().allow_downloads:
-        raise Unavailable(
-            "downloads are disabled (offline or [imagegen] allow_downloads = false)", code="offline"
-        )
-    raise Unavailable("downloads are not available in this version", code="not_implemented")
+
+@router.get("/downloads")
+def list_downloads(
+    session: SessionDep, caller: AdminDep, limit: Annotated[int, Query(ge=1, le=200)] = 50
+) -> list[dict[str, Any]]:
+    from suite.core import tasks
+
+    jobs = tasks.list_jobs(session, user=None, domain="imagegen", limit=limit)
+    return [download_read(j) for j in jobs if j.name == "download"]
+
+
+@router.get("/downloads/{job_id}")
+def read_download(job_id: str, session: SessionDep, caller: AdminDep) -> dict[str, Any]:
+    return download_read(_download_job(session, job_id))
+
+
+@router.delete("/downloads/{job_id}")
+def cancel_download(job_id: str, session: SessionDep, caller: AdminDep) -> dict[str, Any]:
+    """Cancel a queued download, or a running one at its next chunk (its `.part` stays for a resume)."""
+    from suite.core import tasks
+
+    _download_job(session, job_id)
+    job = tasks.cancel_job(session, job_id=job_id, user=None)
+    session.commit()
+    return download_read(job)
 
 
 # --- pages --------------------------------------------------------------------------------------------------
@@ -512,3 +594,18 @@ async def startup(app: Any) -> None:
                 log.exception("imagegen worker failed to start")
 
         app.state.imagegen_start = asyncio.get_running_loop().create_task(start())
+
+
+async def shutdown(app: Any) -> None:
+    """Stop the generation worker with the server: a running job ends `interrupted` at its next step (a model
+    load is cancelled), queued native jobs stay queued for the next start, the thread is joined (10 s)."""
+    start = getattr(app.state, "imagegen_start", None)
+    if start is not None and not start.done():  # still importing torch: let it finish, then stop it
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(start), timeout=120)
+    from suite.imagegen import progress, sio
+    from suite.imagegen.worker import shutdown_worker
+
+    await asyncio.to_thread(shutdown_worker, 10)
+    sio.reset()
+    progress.reset()

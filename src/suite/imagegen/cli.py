@@ -51,7 +51,8 @@ def serve(
     from suite.core.server import run_server
 
     reset_settings()
-    run_server(domains=["imagegen"], host=host, port=port, reload=reload, worker=False)
+    # the Huey consumer (downloads) follows [server] embedded_worker; --worker is the generation worker
+    run_server(domains=["imagegen"], host=host, port=port, reload=reload, worker=None)
 
 
 def _parse_size(size: str) -> tuple[int, int]:
@@ -184,6 +185,10 @@ def make_tiny_model(
     seed: Annotated[int, typer.Option()] = 0,
     out: Annotated[Path | None, typer.Option(help="Folder (default <data_dir>/imagegen/tiny).")] = None,
     register: Annotated[bool, typer.Option("--register/--no-register")] = True,
+    single_file: Annotated[
+        Path | None,
+        typer.Option(help="Also write it as one .safetensors in the original (A1111) key layout."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Build a small real Stable Diffusion pipeline from configs, offline (random weights)."""
@@ -200,6 +205,10 @@ def make_tiny_model(
     if tokenizer == "bpe" and locate() is None:
         info(f"CLIP BPE merges not installed ({CLIP_BPE.install_command}); using the char-level vocabulary")
     result = ml.build_tiny_model(target, tokenizer=tokenizer, size=size, seed=seed)
+    if single_file is not None:
+        if single_file.suffix != ".safetensors":
+            fail("--single-file must end in .safetensors", 2)
+        result["single_file"] = ml.export_single_file(target, single_file)["path"]
     if register:
         with session_scope() as session:
             from sqlalchemy import select
@@ -224,6 +233,7 @@ def _model_row(model: Any) -> dict[str, Any]:
         "name": model.name,
         "family": model.family,
         "source": model.source,
+        "config": model.config_skeleton,
         "status": model.status,
         "title": service.title_of(model),
         "size_bytes": model.size_bytes,
@@ -239,14 +249,22 @@ def models_add(
     copy: Annotated[
         bool, typer.Option("--copy/--link", help="Copy into the managed folder or link in place.")
     ] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Single files of an architecture without a bundled skeleton: a diffusers folder of the same "
+            "architecture (its configs and tokenizer are copied, never its weights)."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Register a local model (nothing is downloaded)."""
+    """Register a local model (nothing is downloaded). Single .safetensors files of SD1.5, SD2 (--family sd2v for
+    768 v-prediction) and SDXL load offline with the bundled config skeletons."""
     from suite.core.db import session_scope
     from suite.imagegen import service
 
     with session_scope() as session:
-        model = service.add_model(session, path=path, name=name, family=family, copy=copy)
+        model = service.add_model(session, path=path, name=name, family=family, copy=copy, config=config)
         emit(_model_row(model), as_json=as_json)
 
 
@@ -294,11 +312,61 @@ def models_rm(
 
 
 @models_app.command("download")
-def models_download(source: str) -> None:
-    """Download a model (hub repo or URL) as a background job (not available in this version)."""
-    fail(
-        "downloads are not available in this version; add a local folder or .safetensors with `models add`", 1
+def models_download(
+    source: Annotated[
+        str, typer.Argument(help="An https:// URL of a .safetensors, or a hub repo id owner/name.")
+    ],
+    filename: Annotated[
+        str | None, typer.Option(help="Hub: a single file of the repo (default: the diffusers folder).")
+    ] = None,
+    revision: Annotated[str, typer.Option(help="Hub revision.")] = "main",
+    name: Annotated[str | None, typer.Option(help="Registry name (default: from the file or repo).")] = None,
+    family: Annotated[str, typer.Option(help="auto, sd15, sd2, sd2v, sdxl, ...")] = "auto",
+    sha256: Annotated[
+        str | None, typer.Option(help="Expected sha256 (the hub's LFS hash otherwise).")
+    ] = None,
+    size: Annotated[int | None, typer.Option(min=0, help="Expected size in bytes.")] = None,
+    background: Annotated[
+        bool, typer.Option("--background", help="Queue it for `suite worker` instead of running it here.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Download a model (resumable, size and sha256 checked, .safetensors only) and register it. Off by default:
+    needs [imagegen] allow_downloads = true, and is refused when HF_HUB_OFFLINE=1."""
+    import os
+
+    if not background:  # run the job in this process (a core_job row records it all the same)
+        os.environ["SUITE_JOBS__IMMEDIATE"] = "true"
+        from suite.core.config import reset_settings
+
+        reset_settings()
+    from suite.imagegen import downloads
+
+    is_url = source.startswith(("http://", "https://"))
+    job = downloads.submit(
+        source="url" if is_url else "hub",
+        url=source if is_url else None,
+        repo_id=None if is_url else source,
+        filename=filename,
+        revision=revision,
+        name=name,
+        family=family,
+        sha256=sha256,
+        size=size,
     )
+    row = {
+        "job_id": job.id,
+        "state": job.state,
+        "error": job.error,
+        "result": job.result,
+    }
+    if job.state == "failed":
+        if as_json:
+            emit(row, as_json=True)
+        fail(f"download failed: {job.error}")
+    emit(row, as_json=as_json)
+    if background:
+        info(f"queued as job {job.id}; `suite worker` runs it (`suite jobs` shows it)")
 
 
 @loras_app.command("add")
@@ -460,25 +528,47 @@ def samplers(as_json: JsonOpt = False) -> None:
 
 @app.command()
 def bench(
-    only: Annotated[str | None, typer.Option(help="b1,b2,b4,b5")] = None,
+    only: Annotated[
+        str | None, typer.Option(help="Comma list of b1,b2,b4,b5 (default) and single_file, gpu.")
+    ] = None,
     threads: Annotated[str, typer.Option(help="Thread counts for throughput, e.g. 1,2.")] = "1,2",
+    family: Annotated[
+        str | None, typer.Option(help="single_file / gpu: families, e.g. sd15,sdxl (sd15 / sd15,sdxl).")
+    ] = None,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="gpu: also torch.compile.")] = True,
+    quick: Annotated[bool, typer.Option("--quick", help="Fewer repetitions.")] = False,
     out: Annotated[Path | None, typer.Option(help="Write the JSON here.")] = None,
 ) -> None:
-    """The imagegen benchmarks (tiny model), as JSON."""
+    """The imagegen benchmarks (tiny model; full-size random-weight architectures for single_file and gpu), as
+    JSON. Nothing is downloaded."""
     import json
-    import sys
+    import os
 
-    root = Path(__file__).resolve().parents[3] / "benchmarks"
-    sys.path.insert(0, str(root))
+    from suite.imagegen import bench as benchmarks
+
+    if quick:
+        os.environ["SUITE_BENCH_QUICK"] = "1"
+    picked = [o.strip() for o in only.split(",") if o.strip()] if only else None
+    unknown = set(picked or ()) - set(benchmarks.ALL) - set(benchmarks.EXTRA)
+    if unknown:
+        fail(
+            f"unknown benchmark(s) {', '.join(sorted(unknown))}: use {', '.join(benchmarks.ALL + benchmarks.EXTRA)}",
+            2,
+        )
     try:
-        import bench_imagegen
-    except ImportError:
-        fail(f"benchmarks/bench_imagegen.py not found under {root}", 1)
+        counts = [int(t) for t in threads.split(",") if t.strip()]
+    except ValueError:
+        fail(f"--threads must be a comma list of integers, not {threads!r}", 2)
         return
-    result = bench_imagegen.run(
-        only=only.split(",") if only else None, threads=[int(t) for t in threads.split(",")]
+    families = [f.strip() for f in family.split(",") if f.strip()] if family else None
+    result = benchmarks.run(
+        only=picked,
+        threads=counts,
+        single_file_families=families,
+        gpu_families=families,
+        gpu_compile=compile,
     )
-    text = json.dumps(result, indent=2)
+    text = json.dumps(result, indent=2, default=str)
     if out:
         out.write_text(text)
     typer.echo(text)

@@ -213,16 +213,22 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, [chr(c) for c in cs], strict=True))
 
 
-def write_clip_tokenizer(out: Path, *, kind: str = "bpe") -> str:
+def write_clip_tokenizer(out: Path, *, kind: str = "bpe", strict: bool = False) -> str:
     """vocab.json + merges.txt (+ tokenizer.json) in `out`: CLIP's 49,408-token BPE, or 514 char-level tokens.
 
-    Returns the kind written ("char" when the BPE file is not installed).
+    A `tokenizer_config.json` already in `out` is honoured (SD2's pad token `!`). Returns the kind written:
+    "char" when the BPE file is not installed, or Unavailable naming the install command when `strict`
+    (a real checkpoint needs the real vocabulary).
     """
-    from suite.imagegen.packaged import locate
+    from suite.imagegen.packaged import CLIP_BPE, locate
 
     merges: list[str] = []
     if kind == "bpe":
         path = locate()
+        if path is None and strict:
+            raise Unavailable(
+                f"the CLIP BPE merges are not installed; run: {CLIP_BPE.install_command}", code="missing_file"
+            )
         if path is None:
             kind = "char"
         else:
@@ -321,6 +327,30 @@ def build_tiny_model(
     return {"path": str(out), "tokenizer": kind, "size": size, "seconds": round(time.perf_counter() - t0, 3)}
 
 
+def export_single_file(folder: Path, out: Path) -> dict[str, Any]:
+    """A diffusers folder (SD1.x, SD2 or SDXL architecture) as one .safetensors in the original (A1111) layout."""
+    from safetensors.torch import save_file
+
+    from suite.imagegen import ldm
+
+    index = check_model_dir(folder)
+    components: dict[str, Any] = {}
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        spec = index.get(name)
+        if isinstance(spec, list) and spec[0] and spec[1]:
+            cls = _component_class(spec[0], spec[1])
+            components[name] = cls.from_pretrained(str(folder), subfolder=name, local_files_only=True)
+    state = {k: v.detach().contiguous() for k, v in ldm.pipeline_to_ldm(components).items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    try:
+        save_file(state, str(tmp), metadata={"format": "pt", "exported_by": "suite imagegen"})
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"path": str(out), "tensors": len(state), "bytes": out.stat().st_size}
+
+
 # --- loading ------------------------------------------------------------------------------------------------
 
 
@@ -357,31 +387,28 @@ def load_pipeline(
     cancel: threading.Event | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> Any:
-    """Load a diffusers folder component by component (cancellable between components), or a single file."""
+    """Load a diffusers folder, or a single file with its config skeleton, component by component
+    (cancellable between components)."""
     progress = progress or (lambda done, total, phase: None)
     if path.is_file():
-        return _load_single_file(path, device=device, dtype=dtype, config=single_file_config)
+        return _load_single_file(
+            path, device=device, dtype=dtype, config=single_file_config, cancel=cancel, progress=progress
+        )
     index = check_model_dir(path)
     for st in path.rglob("*.safetensors"):
         formats.read_safetensors_header(st)  # CorruptWeights before any tensor is read
-    pipeline_cls = getattr(diffusers, index["_class_name"], None)
-    if pipeline_cls is None:
-        raise NotAModel(f"unknown pipeline class {index['_class_name']!r}")
-    items = [(k, v) for k, v in index.items() if not k.startswith("_")]
+    pipeline_cls = _pipeline_class(index)
+    items = _components(index)
     components: dict[str, Any] = {}
     total = len(items) + 1
-    for i, (name, spec) in enumerate(items):
-        if cancel is not None and cancel.is_set():
-            raise LoadCancelled("model load cancelled")
+    for i, (name, (library, cls_name)) in enumerate(items):
+        _check_cancel(cancel)
         progress(i, total, name)
-        if name in SKIP_COMPONENTS or not isinstance(spec, list) or spec[0] is None or spec[1] is None:
-            components[name] = None
-            continue
-        cls = _component_class(spec[0], spec[1])
+        cls = _component_class(library, cls_name)
         kwargs: dict[str, Any] = {"subfolder": name}
         if issubclass(cls, torch.nn.Module):
             kwargs["dtype"] = dtype
-        if spec[0] == "transformers" or issubclass(cls, torch.nn.Module):
+        if library == "transformers" or issubclass(cls, torch.nn.Module):
             kwargs["local_files_only"] = True
         try:
             components[name] = cls.from_pretrained(str(path), **kwargs)
@@ -389,9 +416,60 @@ def load_pipeline(
             raise CorruptWeights(
                 f"cannot load {name} of {path.name}: {str(exc).splitlines()[0][:300]}"
             ) from None
-    if "requires_safety_checker" in pipeline_cls.__init__.__code__.co_varnames:
-        components["requires_safety_checker"] = False
-    pipe = pipeline_cls(**components)
+    return _assemble(pipeline_cls, index, components, device=device, progress=progress, total=total)
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise LoadCancelled("model load cancelled")
+
+
+def _pipeline_class(index: dict[str, Any]) -> Any:
+    pipeline_cls = getattr(diffusers, str(index.get("_class_name")), None)
+    if pipeline_cls is None:
+        raise NotAModel(f"unknown pipeline class {index.get('_class_name')!r}")
+    return pipeline_cls
+
+
+def _components(index: dict[str, Any]) -> list[tuple[str, tuple[str, str]]]:
+    """(name, (library, class)) of the components to load; the safety checker and friends are skipped."""
+    return [
+        (name, (spec[0], spec[1]))
+        for name, spec in index.items()
+        if not name.startswith("_")
+        and isinstance(spec, list)
+        and len(spec) == 2
+        and spec[0] is not None
+        and spec[1] is not None
+        and name not in SKIP_COMPONENTS
+    ]
+
+
+def _assemble(
+    pipeline_cls: Any,
+    index: dict[str, Any],
+    components: dict[str, Any],
+    *,
+    device: str,
+    progress: Callable[[int, int, str], None],
+    total: int,
+) -> Any:
+    """The pipeline from its loaded components plus the index's plain options (SDXL's
+    force_zeros_for_empty_prompt); skipped components are None and the safety checker is off."""
+    import inspect
+
+    params = inspect.signature(pipeline_cls.__init__).parameters
+    kwargs = dict(components)
+    for name, value in index.items():
+        if name.startswith("_") or name in kwargs or name not in params:
+            continue
+        kwargs[name] = None if isinstance(value, list) else value
+    if "requires_safety_checker" in params:
+        kwargs["requires_safety_checker"] = False
+    for name in SKIP_COMPONENTS:
+        if name in params:
+            kwargs[name] = None
+    pipe = pipeline_cls(**kwargs)
     progress(total - 1, total, "device")
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
@@ -399,21 +477,65 @@ def load_pipeline(
     return pipe
 
 
-def _load_single_file(path: Path, *, device: str, dtype: torch.dtype, config: Path | None) -> Any:
+def _load_single_file(
+    path: Path,
+    *,
+    device: str,
+    dtype: torch.dtype,
+    config: Path | None,
+    cancel: threading.Event | None,
+    progress: Callable[[int, int, str], None],
+) -> Any:
+    """A single .safetensors checkpoint through diffusers' own single-file converters, one component at a
+    time, with `config` (a skeleton folder) instead of the hub: nothing touches the network."""
+    from diffusers import pipelines
+    from diffusers.loaders.single_file import load_single_file_sub_model
+    from safetensors.torch import load_file
+
     header = formats.read_safetensors_header(path)
-    family = formats.detect_family(header)
     if config is None:
+        family = formats.detect_family(header)
         raise NotAModel(
-            f"{path.name}: no bundled config for family {family or 'unknown'}; add it as a folder"
+            f"{path.name}: no config skeleton for family {family or 'unknown'}; register it with "
+            "`models add FILE --config <a diffusers folder of the same architecture>`"
         )
-    cls = diffusers.StableDiffusionXLPipeline if family in ("sdxl",) else diffusers.StableDiffusionPipeline
+    index = check_model_dir(config)
+    pipeline_cls = _pipeline_class(index)
+    items = _components(index)
+    total = len(items) + 2
+    _check_cancel(cancel)
+    progress(0, total, "checkpoint")
     try:
-        pipe = cls.from_single_file(str(path), config=str(config), local_files_only=True, dtype=dtype)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise CorruptWeights(f"cannot load {path.name}: {str(exc).splitlines()[0][:300]}") from None
-    pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+        checkpoint = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own SafetensorError
+        raise CorruptWeights(f"cannot read {path.name}: {str(exc).splitlines()[0][:300]}") from None
+    components: dict[str, Any] = {}
+    try:
+        for i, (name, (library, cls_name)) in enumerate(items, start=1):
+            _check_cancel(cancel)
+            progress(i, total, name)
+            try:
+                components[name] = load_single_file_sub_model(
+                    library_name=library,
+                    class_name=cls_name,
+                    name=name,
+                    checkpoint=checkpoint,
+                    pipelines=pipelines,
+                    is_pipeline_module=hasattr(pipelines, library),
+                    cached_model_config_path=str(config),
+                    local_files_only=True,
+                    torch_dtype=dtype,
+                )
+            except LoadCancelled:
+                raise
+            except Exception as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                raise CorruptWeights(
+                    f"cannot load {name} of {path.name} with the {config.name} config: {first}"
+                ) from None
+    finally:
+        del checkpoint
+    return _assemble(pipeline_cls, index, components, device=device, progress=progress, total=total)
 
 
 # --- generation ---------------------------------------------------------------------------------------------
@@ -549,6 +671,8 @@ class Engine:
         self.check_owner()
         if self.model_key == key and self.state == "loaded":
             return
+        if self.state != "loading":  # the worker announces a load (and may cancel it) before calling this
+            self.load_cancel.clear()
         if self.pipe is not None:
             self.unload()
         need = (
@@ -566,7 +690,6 @@ class Engine:
             )
         self.state = "loading"
         self.error = None
-        self.load_cancel.clear()
         try:
             pipe = load_pipeline(
                 path,

@@ -20,6 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+import suite.core.models  # noqa: F401  (core_user, the target of imagegen_job.owner_user_id, in the metadata)
 from suite.core.db import Base, utcnow
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")

@@ -97,6 +97,9 @@ class ModelCreate(BaseModel):
     path: str
     name: str | None = None
     family: str = "auto"
+    config: str | None = Field(
+        None, description="single files: a diffusers folder whose configs (not weights) describe it"
+    )
 
 
 class ModelRead(BaseModel):
@@ -105,6 +108,7 @@ class ModelRead(BaseModel):
     family: str
     source: str
     path: str
+    config_skeleton: str | None = None
     sha256: str
     short_hash: str
     size_bytes: int
@@ -136,11 +140,17 @@ class PngInfoRequest(BaseModel):
 
 
 class DownloadCreate(BaseModel):
+    """POST /downloads: a .safetensors from a URL, or a hub repo's single file (filename) or diffusers folder."""
+
     source: Literal["hub", "url"]
-    repo_id: str | None = None
-    url: str | None = None
-    filename: str | None = None
-    sha256: str | None = None
+    repo_id: str | None = Field(None, max_length=200)
+    revision: str = Field("main", max_length=64)
+    url: str | None = Field(None, max_length=4096)
+    filename: str | None = Field(None, max_length=300)
+    name: str | None = Field(None, max_length=100, description="registry name (default: from the file)")
+    family: str = "auto"
+    sha256: str | None = Field(None, max_length=64)
+    size: int | None = Field(None, ge=0)
 
 
 # --- A1111 --------------------------------------------------------------------------------------------------

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from suite.core.config import get_settings
 from suite.core.db import utcnow
 from suite.core.errors import Conflict, NotFound, TooLarge, UsageError, ValidationFailed
-from suite.imagegen import formats, infotext, samplers
+from suite.imagegen import formats, infotext, samplers, skeletons
 from suite.imagegen.formats import CorruptWeights, NotAModel
 from suite.imagegen.models import FINISHED, GenImage, GenJob, ImageModel, JobLora, Lora, Option
 from suite.imagegen.schemas import A1111Generate, JobCreate
@@ -80,10 +80,12 @@ def title_of(model: ImageModel) -> str:
     return f"{model.name} [{model.short_hash}]"
 
 
-def _inspect_model(path: Path, family: str) -> dict[str, Any]:
+def _inspect_model(path: Path, family: str, *, config: Path | None = None) -> dict[str, Any]:
     if not path.exists():
         raise NotFound(f"model path {path} does not exist", code="model_missing")
     if path.is_dir():
+        if config is not None:
+            raise UsageError("--config is for single .safetensors files; a folder has its own configs")
         index_path = path / "model_index.json"
         if not index_path.is_file():
             raise NotAModel(f"{path} is not a diffusers model folder (no model_index.json)")
@@ -100,7 +102,7 @@ def _inspect_model(path: Path, family: str) -> dict[str, Any]:
         sha, size = formats.sha256_folder(path)
         if family == "auto":
             family = "sdxl" if "XL" in index["_class_name"] else _folder_family(path)
-        return {"source": "dir", "sha256": sha, "size": size, "family": family, "meta": {}}
+        return {"source": "dir", "sha256": sha, "size": size, "family": family, "meta": {}, "skeleton": None}
     if path.suffix.lower() in (".ckpt", ".bin", ".pt", ".pth") and not settings().allow_pickle_formats:
         raise ValidationFailed(
             f"{path.name}: pickle formats are refused (set [imagegen] allow_pickle_formats)",
@@ -110,14 +112,27 @@ def _inspect_model(path: Path, family: str) -> dict[str, Any]:
         raise NotAModel(f"{path.name} is neither a diffusers folder nor a .safetensors file")
     header = formats.read_safetensors_header(path)
     detected = formats.detect_family(header)
-    if detected is None and family == "auto":
-        raise NotAModel(f"{path.name}: no Stable Diffusion checkpoint keys found (family unknown)")
+    if family == "auto":
+        family = detected or (_folder_family(config) if config is not None else "")
+    if not family:
+        raise NotAModel(
+            f"{path.name}: no Stable Diffusion checkpoint keys found (family unknown); pass --family, or "
+            "--config <a diffusers folder of the same architecture>"
+        )
+    if config is None and skeletons.for_family(family) is None:
+        raise NotAModel(
+            f"{path.name}: family {family} has no bundled config skeleton "
+            f"({', '.join(skeletons.BUNDLED)} do); pass --config <a diffusers folder of the same architecture>"
+        )
+    if config is not None and not (config / "model_index.json").is_file():
+        raise NotAModel(f"--config {config} is not a diffusers folder (no model_index.json)")
     return {
         "source": "single_file",
         "sha256": formats.sha256_file(path),
         "size": path.stat().st_size,
-        "family": detected if family == "auto" else family,
+        "family": family,
         "meta": formats.metadata(header),
+        "skeleton": skeletons.for_family(family) if config is None else None,
     }
 
 
@@ -132,6 +147,17 @@ def _folder_family(path: Path) -> str:
     return {768: "sd15", 1024: "sd2", 2048: "sdxl"}.get(ctx, "tiny" if ctx and ctx < 256 else "sd15")
 
 
+def _check_root(path: Path, allowed_roots: list[Path] | None) -> Path:
+    if "\0" in str(path):
+        raise UsageError("invalid path", code="bad_path")
+    path = path.expanduser()
+    if allowed_roots is not None:
+        resolved = path.resolve()
+        if not any(resolved.is_relative_to(r.resolve()) for r in allowed_roots):
+            raise NotFound(f"model path {path} is outside the allowed model roots", code="bad_path")
+    return path.resolve()
+
+
 def add_model(
     session: Session,
     *,
@@ -141,22 +167,25 @@ def add_model(
     copy: bool = False,
     allowed_roots: list[Path] | None = None,
     source: str | None = None,
+    config: Path | None = None,
 ) -> ImageModel:
-    """Register a diffusers folder or a single .safetensors (linked in place, or copied under models/)."""
-    if "\0" in str(path):
-        raise UsageError("invalid path", code="bad_path")
-    path = path.expanduser()
-    if allowed_roots is not None:
-        resolved = path.resolve()
-        if not any(resolved.is_relative_to(r.resolve()) for r in allowed_roots):
-            raise NotFound(f"model path {path} is outside the allowed model roots", code="bad_path")
-    path = path.resolve()
+    """Register a diffusers folder or a single .safetensors (linked in place, or copied under models/).
+
+    A single file loads with the bundled config skeleton of its family (SD1.5, SD2, SD2-v, SDXL), or with the
+    configs of `config` (a diffusers folder of the same architecture; its weights are never read).
+    """
+    path = _check_root(path, allowed_roots)
+    if config is not None:
+        config = _check_root(config, allowed_roots)
     if family not in ("auto", *formats.FAMILIES):
         raise ValidationFailed(f"unknown family {family!r}; one of auto, {', '.join(formats.FAMILIES)}")
-    info = _inspect_model(path, family)
+    info = _inspect_model(path, family, config=config)
     name = formats.check_name(name or path.stem.replace(" ", "_"), "model name")
     if session.scalar(select(ImageModel).where(ImageModel.name == name)) is not None:
         raise Conflict(f"model {name!r} already exists", code="model_exists")
+    skeleton = info["skeleton"]
+    if config is not None:
+        skeleton = skeletons.store_custom(config, info["sha256"])
     if copy:
         dest = models_root() / name
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -171,6 +200,7 @@ def add_model(
         family=info["family"],
         source=source or info["source"],
         path=str(path),
+        config_skeleton=skeleton,
         sha256=info["sha256"],
         short_hash=info["sha256"][:10],
         size_bytes=info["size"],
@@ -181,6 +211,18 @@ def add_model(
     session.add(model)
     session.flush()
     return model
+
+
+def model_spec(model: ImageModel) -> dict[str, Any]:
+    """What the worker needs to load a model (plain data: it crosses threads)."""
+    return {
+        "id": model.id,
+        "name": model.name,
+        "path": model.path,
+        "sha256": model.sha256,
+        "short_hash": model.short_hash,
+        "config_skeleton": model.config_skeleton,
+    }
 
 
 def list_models(session: Session) -> list[ImageModel]:
@@ -235,8 +277,13 @@ def remove_model(
     if busy:
         raise Conflict(f"model {model.name!r} is used by job {busy}", code="model_in_use")
     path = Path(model.path)
+    skeleton = model.config_skeleton
     session.delete(model)
     session.flush()
+    if skeleton and skeletons.CUSTOM.match(skeleton):
+        others = session.scalar(select(ImageModel.id).where(ImageModel.config_skeleton == skeleton).limit(1))
+        if others is None:
+            skeletons.remove_custom(skeleton)
     if delete_files and path.exists():
         managed = models_root().resolve()
         if not path.resolve().is_relative_to(managed) and model.source != "builtin":
@@ -557,13 +604,7 @@ def create_job(
     session.flush()
     payload = {
         "job_id": job.id,
-        "model": {
-            "id": model.id,
-            "name": model.name,
-            "path": model.path,
-            "sha256": model.sha256,
-            "short_hash": model.short_hash,
-        },
+        "model": model_spec(model),
         "loras": [(lo.name, w, str(lora_path(lo)), lo.short_hash) for lo, w in loras],
         "init_image": init_image,
         "mask": mask,
@@ -595,7 +636,7 @@ def fit_image(img: Any, width: int, height: int, mode: str) -> Any:
 def get_job(session: Session, *, job_id: str, caller: Caller = LOCAL) -> GenJob:
     if not formats.SAFE_ID.match(job_id or ""):
         raise NotFound(f"job {job_id[:80]!r} not found", code="job_not_found")
-    job = session.get(GenJob, job_id)
+    job = session.get(GenJob, job_id, options=[selectinload(GenJob.images)])
     if job is None or (not caller.admin and job.owner_user_id != caller.user_id):
         raise NotFound(f"job {job_id!r} not found", code="job_not_found")
     return job
@@ -613,7 +654,11 @@ def list_jobs(
     cursor: str | None = None,
 ) -> tuple[list[GenJob], str | None]:
     """Newest first; `cursor` is the created_at|id of the last row of the previous page."""
-    stmt = select(GenJob).order_by(GenJob.created_at.desc(), GenJob.id.desc())
+    stmt = (
+        select(GenJob)
+        .options(selectinload(GenJob.images))
+        .order_by(GenJob.created_at.desc(), GenJob.id.desc())
+    )
     if not caller.admin:
         stmt = stmt.where(GenJob.owner_user_id == caller.user_id)
     if status:

@@ -36,7 +36,12 @@ class ImagegenSettings(Section):
     preview_every: int = Field(0, ge=0, description="cheap latent previews every N steps (0: off)")
     progress_hz: float = Field(4.0, gt=0, description="progress events per second per job, at most")
     upstream_events: bool = Field(False, description="also emit the upstream's Socket.IO event names")
-    allow_downloads: bool = False
+    allow_downloads: bool = Field(
+        False, description="model downloads (hub or URL); refused when HF_HUB_OFFLINE=1"
+    )
+    hub_endpoint: str | None = Field(
+        None, description="Hugging Face base URL (default: HF_ENDPOINT or huggingface.co)"
+    )
     allow_pickle_formats: bool = False
     model_roots: list[Path] = Field(
         default_factory=list, description="roots `POST /models` may register from"

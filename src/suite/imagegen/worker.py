@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import io
 import logging
 import os
 import threading
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from suite.core.db import session_scope, utcnow
-from suite.core.errors import Conflict, NotFound, RateLimited, SuiteError
+from suite.core.errors import Conflict, NotFound, RateLimited, SuiteError, Unavailable
 from suite.imagegen import infotext, service
 from suite.imagegen.models import FINISHED, GenImage, GenJob, ImageModel, JobLora, Lora
 
@@ -59,6 +61,52 @@ class JobHandle:
     started: float | None = None
 
 
+class BusForwarder:
+    """Job events to core's event bus (other processes, WebSocket topics) from a thread of its own, so a slow
+    bus (Redis) never delays a generation step. Bounded: progress is dropped before a status is."""
+
+    LIMIT = 1000
+
+    def __init__(self) -> None:
+        self._queue: deque[tuple[str, dict[str, Any]]] = deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def send(self, event: str, data: dict[str, Any]) -> None:
+        with self._cond:
+            if len(self._queue) >= self.LIMIT and event in ("job.progress", "job.preview"):
+                return
+            self._queue.append((event, data))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="imagegen-events", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        from suite.core import events
+
+        while True:
+            with self._cond:
+                if not self._queue and not self._cond.wait(timeout=5):
+                    self._thread = None
+                    return  # idle: the next event starts a new thread
+                batch = list(self._queue)
+                self._queue.clear()
+            for event, data in batch:
+                try:
+                    events.publish(events.job_topic(data["job_id"]), event, data)
+                except Exception as exc:  # the bus being down never stops generation
+                    log.debug("imagegen event not published on the bus: %s", exc)
+
+    def flush(self, timeout: float = 2.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._cond:
+                if not self._queue:
+                    return
+            time.sleep(0.01)
+
+
 class Worker:
     def __init__(
         self,
@@ -89,6 +137,7 @@ class Worker:
         self.thread: threading.Thread | None = None
         self.last_activity = time.monotonic()
         self.engine_info: dict[str, Any] = {"state": "starting", "device": self.device_setting, "model": None}
+        self._bus = BusForwarder()
 
     # lifecycle ----------------------------------------------------------------------------------------------
     def start(self, *, wait: bool = True, recover: bool = True) -> Worker:
@@ -105,15 +154,24 @@ class Worker:
         if self._start_error is not None:
             raise self._start_error
 
-    def stop(self, timeout: float = 10) -> None:
-        """Interrupt the running job (it ends `interrupted`), drop the queue, join the thread."""
+    def stop(self, timeout: float = 10) -> bool:
+        """Interrupt the running job (it ends `interrupted` at its next step) or model load, leave queued native
+        jobs queued for the next start (A1111 ones end `interrupted`: their caller is gone), fail pending
+        control calls, unload the model and join the thread. False when the thread did not end in time."""
         with self._cond:
             self._stopping = True
             if self.current is not None:
                 self.current.signals.cancel.set()
             self._cond.notify_all()
-        if self.thread is not None:
-            self.thread.join(timeout)
+        if self.engine is not None:
+            self.engine.load_cancel.set()
+        if self.thread is None or self.thread is threading.current_thread():
+            return True
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            log.warning("the imagegen worker did not stop within %.0f s", timeout)
+            return False
+        return True
 
     @property
     def alive(self) -> bool:
@@ -136,12 +194,8 @@ class Worker:
                 listener(event, data)
             except Exception:  # a broken subscriber never stops generation
                 log.exception("imagegen listener failed")
-        with contextlib.suppress(Exception):
-            from suite.core import events
-
-            publish = getattr(events, "publish", None)
-            if publish is not None and "job_id" in data:
-                publish(events.job_topic(data["job_id"]), event, data)
+        if "job_id" in data:
+            self._bus.send(event, data)
 
     def _status_event(self, h: JobHandle, error: dict[str, str] | None = None) -> None:
         self.emit(
@@ -219,6 +273,8 @@ class Worker:
                 queued = True
             elif self.current is not None and self.current.id == job_id:
                 self.current.signals.cancel.set()
+                if self.engine is not None and self.engine.state == "loading":
+                    self.engine.load_cancel.set()  # its model is loading: stop that too
                 return "cancelling"
             else:
                 queued = False
@@ -240,6 +296,15 @@ class Worker:
             job.finished_at = utcnow()
         return "cancelled"
 
+    def cancel_load(self) -> bool:
+        """Stop the model load in progress at its next component (False when none is loading). The job that
+        needed it ends `cancelled`; a `load` call gets 409 load_cancelled."""
+        engine = self.engine
+        if engine is None or engine.state != "loading":
+            return False
+        engine.load_cancel.set()
+        return True
+
     def interrupt(self) -> None:
         """A1111 interrupt: the running job stops at its next step and keeps its partial images."""
         h = self.current
@@ -255,6 +320,8 @@ class Worker:
         """Run fn(engine) on the worker thread after the running job (before queued ones); its result."""
         fut: Future[Any] = Future()
         with self._cond:
+            if self._stopping or not self.alive:
+                raise Unavailable("the generation worker is stopping", code="engine_stopped")
             self._controls.append((fn, fut))
             self._cond.notify_all()
         return fut.result(timeout)
@@ -329,6 +396,10 @@ class Worker:
         with self._cond:
             pending = list(self._queue)
             self._queue.clear()
+            controls = list(self._controls)
+            self._controls.clear()
+        for _fn, fut in controls:
+            fut.set_exception(Unavailable("the generation worker stopped", code="engine_stopped"))
         for job_id in pending:
             h = self._handles[job_id]
             if h.origin == "native":
@@ -343,10 +414,15 @@ class Worker:
         with contextlib.suppress(Exception):
             if self.engine is not None:
                 self.engine.unload()
+        self._bus.flush()
 
     def _publish_engine(self) -> None:
+        """Broadcast the engine's state when it changed (not after every job)."""
         if self.engine is not None:
-            self.engine_info = self.engine.describe()
+            info = self.engine.describe()
+            if info == self.engine_info:
+                return
+            self.engine_info = info
         self.emit("engine.state", dict(self.engine_info))
 
     def _recover(self) -> None:
@@ -381,13 +457,7 @@ class Worker:
                         loras.append((lora.name, jl.weight, str(service.lora_path(lora)), lora.short_hash))
                 payload = {
                     "job_id": job.id,
-                    "model": {
-                        "id": model.id,
-                        "name": model.name,
-                        "path": model.path,
-                        "sha256": model.sha256,
-                        "short_hash": model.short_hash,
-                    },
+                    "model": service.model_spec(model),
                     "loras": loras,
                     "init_image": None,
                     "mask": None,
@@ -410,10 +480,22 @@ class Worker:
                 "model.load_progress", {"model_id": spec["id"], "done": done, "total": total, "phase": phase}
             )
 
+        config = None
+        if spec.get("config_skeleton"):
+            from suite.imagegen import skeletons
+
+            config = skeletons.ensure(spec["config_skeleton"])  # bundled ones build their tokenizer once
+        self.engine.load_cancel.clear()
         self.engine.state = "loading"
         self._publish_engine()
         try:
-            self.engine.load(Path(spec["path"]), key=spec["sha256"], progress=progress)
+            self.engine.load(
+                Path(spec["path"]), key=spec["sha256"], single_file_config=config, progress=progress
+            )
+        except BaseException:
+            if self.engine.state == "loading":  # refused before the engine changed anything
+                self.engine.state = "loaded" if self.engine.pipe is not None else "idle"
+            raise
         finally:
             self._publish_engine()
         return (time.perf_counter() - t0) * 1000
@@ -478,6 +560,11 @@ class Worker:
             h.result["seeds"] = result.seeds
         except ml.JobCancelled:
             h.status = "interrupted" if self._stopping else "cancelled"
+        except ml.LoadCancelled as exc:
+            h.status = "interrupted" if self._stopping else "cancelled"
+            error = None if self._stopping else {"code": exc.code, "message": exc.message}
+            if self.engine.state == "loading":
+                self.engine.state = "idle"
         except BaseException as exc:
             h.status = "failed"
             if ml.is_oom(exc):
@@ -595,18 +682,18 @@ class Worker:
                 tmp = path.with_name(path.name + ".tmp")
                 info = PngInfo()
                 info.add_text("parameters", text)
+                buf = io.BytesIO()
+                img.save(buf, format="PNG", pnginfo=info)
+                data = buf.getvalue()
                 try:
                     with tmp.open("wb") as fh:
-                        img.save(fh, format="PNG", pnginfo=info)
+                        fh.write(data)
                         fh.flush()
                         os.fsync(fh.fileno())
                     os.replace(tmp, path)
                 finally:
                     tmp.unlink(missing_ok=True)
                 written.append(path)
-                data = path.read_bytes()
-                import hashlib
-
                 rows.append(
                     {
                         "job_id": h.id,
