@@ -234,20 +234,22 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"method {request.method} not allowed on {request.url.path}"
         return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
 
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        # Its own handler (not the catch-all): an expected 503 must not log an ASGI traceback.
+        from suite.core.db import describe_db_error, is_busy_error
+
+        rid = _request_id(request)
+        headers = {REQUEST_ID_HEADER: rid} if rid else {}
+        if is_busy_error(exc):
+            body = error_body("database_busy", "the database is busy; retry shortly")
+            return JSONResponse(body, status_code=503, headers={**headers, "Retry-After": "1"})
+        body = error_body("database_unavailable", describe_db_error(exc))  # type: ignore[arg-type]
+        return JSONResponse(body, status_code=503, headers=headers)
+
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Runs in ServerErrorMiddleware, outside RequestIdMiddleware: set the header here.
         rid = _request_id(request)
         headers = {REQUEST_ID_HEADER: rid} if rid else {}
-        from sqlalchemy.exc import OperationalError
-
-        if isinstance(exc, OperationalError):
-            from suite.core.db import describe_db_error, is_busy_error
-
-            if is_busy_error(exc):
-                body = error_body("database_busy", "the database is busy; retry shortly")
-                return JSONResponse(body, status_code=503, headers={**headers, "Retry-After": "1"})
-            body = error_body("database_unavailable", describe_db_error(exc))
-            return JSONResponse(body, status_code=503, headers=headers)
         log.error(
             "unhandled error on %s %s (request id %s)", request.method, request.url.path, rid, exc_info=exc
         )
@@ -257,6 +259,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SuiteError, suite_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    from sqlalchemy.exc import OperationalError
+
+    app.add_exception_handler(OperationalError, database_error)
     app.add_exception_handler(Exception, unexpected)
 
 

@@ -165,7 +165,9 @@ def get_session(request: Request) -> Iterator[Session]:
         session.close()
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the session commits when the route returns, before the response is sent, so a client
+# never sees 201 or a redirect for a write that is not visible yet. Streaming routes open their own sessions.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def describe_db_error(exc: SQLAlchemyError) -> str:
