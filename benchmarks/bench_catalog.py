@@ -21,7 +21,6 @@ import os
 import random
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -290,6 +289,7 @@ def bench_search() -> dict[str, Any]:
     build_s = time.perf_counter() - started
     queries = terms()
     ours: list[float] = []
+    load_before = [round(x, 2) for x in os.getloadavg()]
     with session_scope() as s:
         for q in queries[:20]:
             search(s, query=q, limit=20)  # warm the page cache
@@ -297,6 +297,13 @@ def bench_search() -> dict[str, Any]:
             t = time.perf_counter()
             search(s, query=q, limit=20)
             ours.append((time.perf_counter() - t) * 1000)
+    load_after = [round(x, 2) for x in os.getloadavg()]
+    kinds = ("accented", "prefix", "multi_word", "year_aware", "person")
+    by_kind = {
+        kind: {"p50_ms": _pct(ours[i::5], 0.5), "p99_ms": _pct(ours[i::5], 0.99)}
+        for i, kind in enumerate(kinds)
+    }
+    slowest = sorted(zip(ours, queries, strict=True), reverse=True)[:5]
     like: list[float] = []
     sql = text(
         "SELECT id FROM catalog_movie WHERE lower(title) LIKE :p ESCAPE '\\' OR lower(overview) LIKE :p "
@@ -311,6 +318,9 @@ def bench_search() -> dict[str, Any]:
         "movies": movies,
         "expand_s": round(build_s, 2),
         "queries": len(queries),
+        "load_average": {"before": load_before, "after": load_after},
+        "by_kind": by_kind,
+        "slowest": [{"query": q, "ms": round(ms, 3)} for ms, q in slowest],
         "p50_ms": _pct(ours, 0.5),
         "p95_ms": _pct(ours, 0.95),
         "p99_ms": _pct(ours, 0.99),
@@ -318,6 +328,62 @@ def bench_search() -> dict[str, Any]:
         "like_p99_ms": _pct(like, 0.99),
         "speedup_p50": round(_pct(like, 0.5) / max(_pct(ours, 0.5), 1e-6), 1),
         "target": {"p50_ms": 2, "p99_ms": 50, "speedup_p50": 10},
+    }
+
+
+def bench_semantic() -> dict[str, Any]:
+    """Report only (brief section 7): encode throughput on movie documents, query encode, and top-20 over 10^5
+    x 384 float32 by brute force, against keyword search in the same run. Skipped without the extra."""
+    import importlib.util
+
+    if importlib.util.find_spec("sentence_transformers") is None:
+        return {"skipped": 'the suite[semantic] extra is not installed: pip install "suite[semantic]"'}
+    import numpy as np
+
+    from suite.catalog import ml, semantic
+    from suite.catalog.search import search
+    from suite.core.db import session_scope
+
+    problem = ml.available(ml.MINILM_MODEL)
+    if problem:
+        return {"skipped": problem}
+    started = time.perf_counter()
+    model = ml.get_embedder(ml.MINILM_MODEL)
+    load_s = time.perf_counter() - started
+    with session_scope() as s:
+        docs = [d for _, d in semantic._batch_docs(s, 0, 64 if QUICK else 256)]
+    started = time.perf_counter()
+    model.encode(docs)
+    encode_s = time.perf_counter() - started
+    queries = terms(50 if QUICK else 100)
+    encode_ms: list[float] = []
+    top_ms: list[float] = []
+    keyword_ms: list[float] = []
+    matrix = np.random.default_rng(1).standard_normal((100_000, 384)).astype(np.float32)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    ids = np.arange(1, 100_001)
+    with session_scope() as s:
+        for q in queries:
+            t = time.perf_counter()
+            vector = model.encode([q])[0]
+            encode_ms.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            semantic._top(ids, matrix @ vector, 20)
+            top_ms.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            search(s, query=q, limit=20)
+            keyword_ms.append((time.perf_counter() - t) * 1000)
+    return {
+        "model_load_s": round(load_s, 2),
+        "documents": len(docs),
+        "document_chars_mean": round(sum(map(len, docs)) / max(1, len(docs))),
+        "encode_docs_per_s": round(len(docs) / encode_s, 1),
+        "query_encode_p50_ms": _pct(encode_ms, 0.5),
+        "query_encode_p99_ms": _pct(encode_ms, 0.99),
+        "top20_of_100k_p50_ms": _pct(top_ms, 0.5),
+        "top20_of_100k_p99_ms": _pct(top_ms, 0.99),
+        "keyword_p50_ms": _pct(keyword_ms, 0.5),
+        "threads": __import__("torch").get_num_threads(),
     }
 
 
@@ -348,13 +414,16 @@ def bench_http(root: Path) -> dict[str, Any]:
     server = root / "server.py"
     server.write_text(SERVER)
     env = {**os.environ}
+    # The server's log goes to a file: a pipe nobody reads fills up under errors and stalls the server.
+    log_path = root / "server.log"
+    log = log_path.open("ab")
     # The static payload: the movie detail's own bytes, so the baseline serves the same size.
     payload.write_bytes(b"{}")
     proc = subprocess.Popen(
         [sys.executable, str(server), str(port), str(payload)],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
     try:
         deadline = time.monotonic() + 60
@@ -372,7 +441,7 @@ def bench_http(root: Path) -> dict[str, Any]:
             [sys.executable, str(server), str(port), str(payload)],
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=log,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -392,10 +461,11 @@ def bench_http(root: Path) -> dict[str, Any]:
         ):
             results[name] = _load(base, path, n, concurrency)
         static = results["static_baseline"]["rps"]
-        for name in ("movie_detail", "search", "movie_list_html"):
+        for name in ENDPOINTS:
             results[name]["ratio_to_static"] = round(results[name]["rps"] / static, 3) if static else None
         results["concurrency"] = concurrency
         results["requests_each"] = n
+        results["server_log_tail"] = log_path.read_text("utf-8", "replace").strip().splitlines()[-10:]
         return results
     finally:
         proc.terminate()
@@ -403,6 +473,29 @@ def bench_http(root: Path) -> dict[str, Any]:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
+
+
+ENDPOINTS = ("movie_detail", "search", "movie_list_html")
+
+
+def history_path() -> Path:
+    default = Path(__file__).resolve().parent / "results" / "catalog-http-previous.json"
+    return Path(os.environ.get("SUITE_BENCH_CATALOG_HISTORY", default))
+
+
+def compare_http(current: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+    """Each endpoint's rps ratio to the in-run static baseline, against the stored previous run: a ratio more
+    than 20% worse is flagged as a regression (ratios, not absolute rps, compare across machine load)."""
+    out: dict[str, Any] = {"previous_found": previous is not None, "regressions": []}
+    for name in ENDPOINTS:
+        now = current.get(name, {}).get("ratio_to_static")
+        before = (previous or {}).get(name, {}).get("ratio_to_static")
+        change = round(now / before, 3) if now and before else None
+        out[name] = {"ratio_now": now, "ratio_previous": before, "change": change}
+        if change is not None and change < 0.8:
+            out["regressions"].append(name)
+    return out
 
 
 def _load(base: str, path: str, n: int, concurrency: int) -> dict[str, Any]:
@@ -412,6 +505,7 @@ def _load(base: str, path: str, n: int, concurrency: int) -> dict[str, Any]:
     words = ["leon", "amelie", "star", "love", "night", "inception 2010", "dark", "king", "the", "war"]
     latencies: list[float] = []
     errors = 0
+    kinds: dict[str, int] = {}
     lock = threading.Lock()
     counter = iter(range(n))
 
@@ -427,14 +521,19 @@ def _load(base: str, path: str, n: int, concurrency: int) -> dict[str, Any]:
                 t = time.perf_counter()
                 try:
                     r = client.get(url)
-                    ok = r.status_code in (200, 404)
-                except httpx.HTTPError:
-                    ok = False
+                    ok, kind = r.status_code in (200, 404), f"http_{r.status_code}"
+                    if r.status_code >= 400 and "json" in r.headers.get("content-type", ""):
+                        kind += ":" + str(r.json().get("error", {}).get("code", ""))
+                except httpx.HTTPError as exc:
+                    ok, kind = False, type(exc).__name__
                 dt = (time.perf_counter() - t) * 1000
                 with lock:
                     latencies.append(dt)
                     errors += 0 if ok else 1
+                    if not ok:
+                        kinds[kind] = kinds.get(kind, 0) + 1
 
+    load_before = [round(x, 2) for x in os.getloadavg()]
     started = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for t in threads:
@@ -447,23 +546,47 @@ def _load(base: str, path: str, n: int, concurrency: int) -> dict[str, Any]:
         "p50_ms": _pct(latencies, 0.5),
         "p99_ms": _pct(latencies, 0.99),
         "errors": errors,
+        "error_kinds": kinds,
+        "load_average": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},
     }
 
 
 def run() -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="bench-catalog-"))
     load_before = [round(x, 2) for x in os.getloadavg()]
+    history = history_path()
+    previous = json.loads(history.read_text()) if history.is_file() else None
     try:
         seed_result = bench_seed(root, 3000 if QUICK else None)
         _env(root / "ours")
         search_result = bench_search()
         http_result = bench_http(root)
+        semantic_result = bench_semantic()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    http_result["against_previous"] = compare_http(http_result, previous)
+    if not QUICK:
+        history.parent.mkdir(parents=True, exist_ok=True)
+        history.write_text(json.dumps({k: http_result[k] for k in ("static_baseline", *ENDPOINTS)}, indent=2))
+    summary = {
+        "seed_ratio_vs_plain": seed_result["ratio_vs_plain"],
+        "seed_rerun_inserted": seed_result["rerun_inserted"],
+        "search_p50_ms": search_result["p50_ms"],
+        "search_p99_ms": search_result["p99_ms"],
+        "search_speedup_p50_vs_like": search_result["speedup_p50"],
+        "meets_search_target": search_result["p50_ms"] < 2 and search_result["p99_ms"] < 50,
+        **{f"http_{n}_rps": http_result[n]["rps"] for n in ("static_baseline", *ENDPOINTS)},
+        **{f"http_{n}_p99_ms": http_result[n]["p99_ms"] for n in ENDPOINTS},
+        "http_errors": sum(http_result[n]["errors"] for n in ("static_baseline", *ENDPOINTS)),
+        "http_regressions": http_result["against_previous"]["regressions"],
+        "semantic_query_p50_ms": semantic_result.get("query_encode_p50_ms"),
+    }
     return {
+        "summary": summary,
         "seed": seed_result,
         "search": search_result,
         "http": http_result,
+        "semantic": semantic_result,
         "quick": QUICK,
         "load_average_before": load_before,
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
@@ -471,5 +594,4 @@ def run() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(), indent=2))
-    _ = statistics
+    print(json.dumps(run(), indent=2, default=str))

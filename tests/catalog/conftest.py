@@ -95,6 +95,22 @@ def start_server(app: Any) -> Server:
     return Server(f"http://127.0.0.1:{port}", server, thread)
 
 
+def cookie_login(server: Server, username: str, password: str) -> tuple[httpx.Client, str]:
+    """A client logged in with a session cookie, and the session's CSRF token.
+
+    Core's login answers before its transaction commits (its request session ends after the response), so
+    the cookie is used only once the session shows up in /api/v1/auth/me.
+    """
+    client = server.client()
+    r = client.post("/api/v1/auth/login", json={"username": username, "password": password})
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 10
+    while client.get("/api/v1/auth/me").status_code != 200:
+        assert time.monotonic() < deadline, "the login session never became visible"
+        time.sleep(0.02)
+    return client, str(r.json()["csrf_token"])
+
+
 def stop_server(server: Server) -> None:
     server.server.should_exit = True
     server.thread.join(10)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Server
+from .conftest import Server, cookie_login
 
 API = "/api/v1/catalog"
 
@@ -185,29 +185,23 @@ def test_fifty_concurrent_review_puts_match_a_recount(
 def test_form_post_without_csrf_is_rejected(
     catalog_server: Server, users: dict[str, Any], catalog_db: Path
 ) -> None:
-    with catalog_server.client() as c:
-        login = c.post(
-            "/api/v1/auth/login", json={"username": "alice", "password": users["alice"]["password"]}
-        )
-        assert login.status_code == 200
-        r = c.post("/catalog/movies/5/review", data={"score": "6"}, follow_redirects=False)
-        assert r.status_code == 403
-        r = c.post(
-            "/catalog/movies/5/review", data={"score": "6", "csrf_token": "wrong"}, follow_redirects=False
-        )
-        assert r.status_code == 403
-        with sqlite3.connect(catalog_db / "suite.db") as db:
-            assert db.execute("SELECT count(*) FROM catalog_review").fetchone() == (0,)
-        r = c.put(f"{API}/movies/5/review", json={"score": 6})  # cookie-authenticated JSON needs it too
-        assert r.status_code == 403
-        ok = c.post(
-            "/catalog/movies/5/review",
-            data={"score": "6", "csrf_token": login.json()["csrf_token"]},
-            follow_redirects=False,
-        )
-        assert ok.status_code == 303
-        page = c.get("/catalog/movies/5").text
-        assert "Update my review" in page
+    c, csrf = cookie_login(catalog_server, "alice", users["alice"]["password"])
+    r = c.post("/catalog/movies/5/review", data={"score": "6"}, follow_redirects=False)
+    assert r.status_code == 403
+    r = c.post("/catalog/movies/5/review", data={"score": "6", "csrf_token": "wrong"}, follow_redirects=False)
+    assert r.status_code == 403
+    with sqlite3.connect(catalog_db / "suite.db") as db:
+        assert db.execute("SELECT count(*) FROM catalog_review").fetchone() == (0,)
+    r = c.put(f"{API}/movies/5/review", json={"score": 6})  # cookie-authenticated JSON needs it too
+    assert r.status_code == 403
+    ok = c.post(
+        "/catalog/movies/5/review",
+        data={"score": "6", "csrf_token": csrf},
+        follow_redirects=False,
+    )
+    assert ok.status_code == 303
+    page = c.get("/catalog/movies/5").text
+    assert "Update my review" in page
 
 
 def test_script_in_text_is_escaped(catalog_server: Server, users: dict[str, Any]) -> None:

@@ -156,7 +156,7 @@ def test_missing_dataset_names_install_command(suite_env: Path, tmp_path: Path) 
     [
         ("bad.json", b'{"id": 1, "title": ', "invalid JSON"),
         ("bad.jsonl", b'{"id": 1, "title": "ok"}\n{"id": 2,\n', "invalid JSON"),
-        ("bad.json.gz", gzip.compress(b'[{"id": 1, "title": "x"}]')[:20], "gzip"),
+        ("bad.json.gz", gzip.compress(b'[{"id": 1, "title": "x"}]', mtime=0)[:20], "gzip"),
         ("bad.json", '[{"id": 1, "title": "Caf\u00e9"}]'.encode("latin-1"), "not UTF-8"),
     ],
 )

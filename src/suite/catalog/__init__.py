@@ -21,7 +21,10 @@ DOMAIN = DomainSpec(
     roles=("editor",),
     extra={
         # CSV/JSON imports are bigger than the server's default body limit (catalog.import_max_bytes).
-        "body_limits": {"/api/v1/catalog/imports": 10 * 1024 * 1024 + 64 * 1024},
+        "body_limits": {
+            "/api/v1/catalog/imports": 10 * 1024 * 1024 + 64 * 1024,
+            "/catalog/admin/import": 10 * 1024 * 1024 + 64 * 1024,  # the import page's upload form
+        },
         # Search objects written by hand in the migration.
         "autogenerate_ignore": (
             "catalog_movie_fts*",
@@ -29,6 +32,8 @@ DOMAIN = DomainSpec(
             "catalog_title_trigram*",
             "catalog_*.search",
             "ix_catalog_*_search*",
+            "ix_catalog_movie_sort_rating",
+            "ix_catalog_movie_sort_year",
         ),
     },
 )

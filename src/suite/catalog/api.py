@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Header, Query, Request, Response, UploadFile, status
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from suite.catalog import schemas as s
 from suite.catalog import service
@@ -15,8 +17,21 @@ from suite.core.db import SessionDep
 from suite.core.errors import Forbidden, Unauthorized
 from suite.core.models import User
 
-router = APIRouter()
-__all__ = ["pages", "router"]
+
+def commit_before_response(session: SessionDep) -> Iterator[None]:
+    """Commit the request's work when the route returns, before the response is sent.
+
+    Core's request session (a yield dependency of FastAPI's default "request" scope) commits only after the
+    response has gone out: a client could see 201 or a 303 to the new page before the write is visible, and
+    a failing commit could not change the answer any more. Committing here, in "function" scope, makes the
+    answer follow the commit (core's own commit then has nothing left to do).
+    """
+    yield
+    session.commit()
+
+
+router = APIRouter(dependencies=[Depends(commit_before_response, scope="function")])
+__all__ = ["commit_before_response", "pages", "router"]
 
 
 def _reader(request: Request, user: Annotated[User | None, Depends(optional_user)]) -> User | None:
@@ -246,27 +261,25 @@ def search(
     mode: Literal["keyword", "semantic", "hybrid"] = "keyword",
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
+    """Keyword search (FTS5 / tsvector); `mode=semantic` ranks by meaning and `mode=hybrid` fuses both
+    (reciprocal rank fusion): they need the suite[semantic] extra and built embeddings, else 503."""
     from suite.catalog import search as searching
 
     if mode != "keyword":
-        from suite.core.errors import Unavailable
+        from suite.catalog import semantic
 
-        raise Unavailable(
-            "semantic search is not available: install the suite[semantic] extra and build the index "
-            "(suite catalog index embeddings)",
-            code="semantic_unavailable",
-        )
+        return semantic.search(session, query=q, mode=mode, limit=limit)
     return searching.search(session, query=q, kind=kind, limit=limit)
 
 
 @router.get("/movies/{movie_id}/similar")
-def similar(movie_id: int, session: SessionDep, _user: Reader) -> dict[str, Any]:
-    from suite.core.errors import Unavailable
+def similar(
+    movie_id: int, session: SessionDep, _user: Reader, limit: Annotated[int, Query(ge=1, le=50)] = 10
+) -> dict[str, Any]:
+    """ "More like this": the nearest movies by embedding (suite[semantic] extra; 503 without it)."""
+    from suite.catalog import semantic
 
-    service.get_movie(session, movie_id=movie_id)
-    raise Unavailable(
-        "'more like this' needs the suite[semantic] extra and its index", code="semantic_unavailable"
-    )
+    return semantic.similar(session, movie_id=movie_id, limit=limit)
 
 
 # --- reviews ----------------------------------------------------------------------------------------------
@@ -387,7 +400,8 @@ async def create_import(
         raise Forbidden("importing movies needs the editor or admin role")
     data = await io.read_upload(file)
     fmt = "json" if (file.filename or "").lower().endswith((".json", ".jsonl")) else "csv"
-    return io.preview_bytes(session, data=data, what=what, fmt=fmt, owner_id=user.id)
+    # The preview reads and writes the database: off the event loop, or a busy SQLite stalls every request.
+    return await run_in_threadpool(io.preview_bytes, session, data=data, what=what, fmt=fmt, owner_id=user.id)
 
 
 @router.get("/imports/{import_id}")
@@ -492,10 +506,53 @@ def rebuild_fts(session: SessionDep, _user: Admin) -> dict[str, Any]:
 
 
 @router.post("/index/embeddings", status_code=202)
-def rebuild_embeddings(_user: Admin) -> dict[str, Any]:
+def rebuild_embeddings(
+    session: SessionDep, user: Admin, limit: Annotated[int | None, Query(ge=1)] = None
+) -> dict[str, Any]:
+    """Start the resumable embedding job (503 with the install command when the extra is absent)."""
+    from suite.catalog import semantic
+    from suite.catalog.tasks import embed_job
     from suite.core.errors import Unavailable
+    from suite.core.tasks import enqueue
 
-    raise Unavailable("embeddings need the suite[semantic] extra", code="semantic_unavailable")
+    problem = semantic.status(session)["problem"]
+    if problem:
+        raise Unavailable(problem, code="semantic_unavailable")
+    session.commit()
+    session.close()
+    job = enqueue(embed_job, owner_id=user.id, limit=limit)
+    return {"job_id": job.id}
+
+
+@router.get("/index/embeddings")
+def embeddings_status(session: SessionDep, _user: Reader) -> dict[str, Any]:
+    from suite.catalog import semantic
+
+    return semantic.status(session)
+
+
+@router.get("/settings/tmdb-key")
+def tmdb_key_status(session: SessionDep, _user: Admin) -> dict[str, Any]:
+    """Whether a TMDB key is set and where from; never the key."""
+    from suite.catalog import keys
+
+    return keys.tmdb_key_status(session)
+
+
+@router.put("/settings/tmdb-key")
+def tmdb_key_set(data: s.SecretIn, session: SessionDep, _user: Admin) -> dict[str, Any]:
+    """Store the TMDB key encrypted with the keyring (`suite secrets rotate` re-encrypts it)."""
+    from suite.catalog import keys
+
+    return keys.set_tmdb_key(session, value=data.value.get_secret_value())
+
+
+@router.delete("/settings/tmdb-key", status_code=204)
+def tmdb_key_clear(session: SessionDep, _user: Admin) -> Response:
+    from suite.catalog import keys
+
+    keys.clear_tmdb_key(session)
+    return Response(status_code=204)
 
 
 @router.get("/stats")

@@ -276,19 +276,31 @@ def enrich(
 
 @app.command("index")
 def index(
-    what: Annotated[str, typer.Argument(help="fts")] = "fts",
-    rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild from the tables.")] = False,
+    what: Annotated[str, typer.Argument(help="fts (keyword index) or embeddings (semantic search)")] = "fts",
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="fts: rebuild from the tables.")] = False,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="embeddings: encode at most N movies this run.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check or rebuild the keyword search index."""
-    from suite.catalog import search as searching
-    from suite.core.db import session_scope
+    """Check or rebuild the keyword index, or build embeddings (resumable: unchanged movies are skipped)."""
     from suite.core.errors import UsageError
 
-    if what != "fts":
-        raise UsageError("index: only 'fts' is available (semantic search needs the suite[semantic] extra)")
-    with session_scope() as session:
-        emit(searching.rebuild_index(session, rebuild=rebuild), as_json=as_json, title="index")
+    if what == "fts":
+        from suite.catalog import search as searching
+        from suite.core.db import session_scope
+
+        with session_scope() as session:
+            emit(searching.rebuild_index(session, rebuild=rebuild), as_json=as_json, title="index")
+        return
+    if what != "embeddings":
+        raise UsageError("index: fts or embeddings")
+    from suite.catalog import semantic
+    from suite.core.cli_utils import progress
+
+    with progress("embeddings", None, enabled=not as_json) as advance:
+        result = semantic.build_embeddings(limit=limit, progress=lambda d, t: advance(d, total=t))
+    emit(result, as_json=as_json, title="embeddings")
 
 
 @app.command("import")
@@ -348,3 +360,52 @@ def export(
                 for chunk in chunks:
                     fh.write(chunk)
             info(f"wrote {output}")
+
+
+tmdb_key_app = typer.Typer(
+    help="The TMDB key kept in the database, encrypted with the keyring (a configured key wins).",
+    no_args_is_help=True,
+)
+app.add_typer(tmdb_key_app, name="tmdb-key")
+
+
+@tmdb_key_app.command("set")
+def tmdb_key_set(
+    stdin: Annotated[
+        bool, typer.Option("--stdin", help="Read the key from standard input (else a hidden prompt).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Store the TMDB key encrypted (never as an argument: it would land in the shell history)."""
+    from suite.catalog import keys
+    from suite.core.auth_cli import read_hidden
+    from suite.core.crypto import load_keyring
+    from suite.core.db import session_scope
+
+    load_keyring()  # no keyring: say so (`suite secrets init`) before asking for the key
+    value = read_hidden("TMDB key", from_stdin=stdin, confirm=False, flag="--stdin")
+    with session_scope() as session:
+        status = keys.set_tmdb_key(session, value=value)
+    emit(status, as_json=as_json, title="tmdb key")
+
+
+@tmdb_key_app.command("clear")
+def tmdb_key_clear(as_json: JsonOpt = False) -> None:
+    """Delete the stored TMDB key."""
+    from suite.catalog import keys
+    from suite.core.db import session_scope
+
+    with session_scope() as session:
+        removed = keys.clear_tmdb_key(session)
+        status = {**keys.tmdb_key_status(session), "removed": removed}
+    emit(status, as_json=as_json, title="tmdb key")
+
+
+@tmdb_key_app.command("status")
+def tmdb_key_status(as_json: JsonOpt = False) -> None:
+    """Whether a TMDB key is set and where from (configuration or database); never the key."""
+    from suite.catalog import keys
+    from suite.core.db import session_scope
+
+    with session_scope() as session:
+        emit(keys.tmdb_key_status(session), as_json=as_json, title="tmdb key")

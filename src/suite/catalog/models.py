@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from suite.core.crypto import register_encrypted_column
 from suite.core.db import Base, utcnow
 
 # Provenance ranks: a seed never overwrites a text whose source ranks higher.
@@ -428,6 +429,10 @@ class Setting(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value_enc: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+# `suite secrets rotate` re-encrypts these (the row's key is the associated data: "catalog_setting:<key>").
+SETTING_VALUE = register_encrypted_column("catalog_setting", "value_enc", key="key")
 
 
 class TmdbCache(Base):

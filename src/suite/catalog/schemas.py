@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from suite.catalog.sources.base import clean_text
 
@@ -266,6 +266,7 @@ class SearchMovie(Out):
     year: int | None
     directors: str | None
     poster_path: str | None
+    score: float | None = None  # cosine similarity (semantic mode)
 
 
 class SearchResult(Out):
@@ -273,6 +274,8 @@ class SearchResult(Out):
     people: list[PersonSummary]
     took_ms: float
     fuzzy: bool = False
+    mode: Literal["keyword", "semantic", "hybrid"] = "keyword"
+    model: str | None = None  # the embedding model (semantic and hybrid)
 
 
 class Lookup(Out):
@@ -301,3 +304,7 @@ class EnrichRequest(In):
     field: Literal["overview", "biography", "genre_description", "job_description"] = "overview"
     force: bool = False
     limit: int | None = Field(None, ge=1, le=1_000_000)
+
+
+class SecretIn(In):
+    value: SecretStr = Field(min_length=1, max_length=512)

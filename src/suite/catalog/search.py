@@ -4,6 +4,13 @@ chosen by dialect.
 User text never becomes query syntax: it is split into letter/digit tokens, each quoted (FTS5) or reduced to
 `tok:*` terms joined by `&` (PostgreSQL). "Inception 2010" treats 2010 as a year filter; `director:`, `actor:`,
 `genre:` and `year:` are filters; the last word is a prefix (type-ahead).
+
+The work per query is bounded whatever the words (p99 at 10^5 films): a query with at most CAP matches is
+ranked exactly with bm25; a common one ranks titles that start with the words, then titles that hold them,
+then bm25 over a window of the first CAP matches; a 1-2 letter prefix never goes through FTS5 (the
+sort-title index, or a check on the candidates); filters with common words check the filtered films (when
+few) or walk the matches in rowid order (when many). PostgreSQL ranks titles (weights A, B) first, then all
+columns, each over at most CAP matches.
 """
 
 from __future__ import annotations
@@ -21,7 +28,6 @@ from suite.core.errors import ValidationFailed
 
 MAX_QUERY = 200
 MAX_TOKENS = 12
-CANDIDATES = 200  # movies scored by bm25 before filters and ranking (bounds p99 on frequent terms)
 _TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
 _FILTER = re.compile(r"\b(director|actor|genre|year):(\"[^\"]*\"|\S+)", re.IGNORECASE)
 YEAR_MIN, YEAR_MAX = 1870, 2100
@@ -94,9 +100,13 @@ def fts5_match(tokens: list[str], *, prefix: bool) -> str:
     return " ".join(parts)
 
 
-def pg_tsquery(tokens: list[str], *, prefix: bool) -> str:
+def pg_tsquery(tokens: list[str], *, prefix: bool, weights: str = "") -> str:
+    """`a & b & c:*`; `weights` ("AB") restricts every term to those weights (title and original title)."""
     parts = [t for t in tokens if t.isalnum()]
-    out = [f"{t}:*" if prefix and i == len(parts) - 1 else t for i, t in enumerate(parts)]
+    out = []
+    for i, t in enumerate(parts):
+        star = "*" if prefix and i == len(parts) - 1 else ""
+        out.append(f"{t}:{star}{weights}" if star or weights else t)
     return " & ".join(out)
 
 
@@ -138,8 +148,8 @@ def _filters_sql(p: ParsedQuery, params: dict[str, Any], backend: str, alias: st
         )
     if p.genre:
         clauses.append(
-            f"EXISTS (SELECT 1 FROM catalog_movie_genre mg JOIN catalog_genre g ON g.id = mg.genre_id "
-            f"WHERE mg.movie_id = {alias}.id AND lower(g.name) LIKE :genre ESCAPE '\\')"
+            f"{alias}.id IN (SELECT mg.movie_id FROM catalog_movie_genre mg JOIN catalog_genre g "
+            "ON g.id = mg.genre_id WHERE lower(g.name) LIKE :genre ESCAPE '\\')"
         )
         params["genre"] = like_escape(p.genre) + "%"
     return (" AND " + " AND ".join(clauses)) if clauses else ""
@@ -150,6 +160,221 @@ def like_escape(value: str) -> str:
 
 
 MOVIE_COLS = "m.id, m.title, m.year, m.search_people, m.poster_path, m.overview_source"
+TEXT_COLS = MOVIE_COLS + ", m.original_title, m.overview"
+BM25 = "rank MATCH 'bm25(10.0, 5.0, 3.0, 1.0)'"
+
+# Bounded work per query. bm25 costs 1-2 µs per matching row and FTS5 scores every match before it can sort,
+# so a word found in most films ("and" in every template overview, "the", "star*" → "starring") cost
+# 100-700 ms at 10^5 films. A query with at most CAP matches is ranked exactly; above that it is "common"
+# and only bounded candidate sets are ranked: titles that start with the words, titles that hold them, then
+# bm25 over a window of the first CAP matches.
+CAP = 500
+TITLE_CAP = 300  # title matches read per tier and ordered in Python
+FILTER_CAP = 300  # movies a filter may select and still be checked one by one
+SHORT_PREFIX = 2  # a last word of 1-2 letters typed as a prefix expands to thousands of terms in FTS5
+TITLE_COLS = "{title original_title}"
+
+
+def _split_short(p: ParsedQuery) -> tuple[list[str], str | None]:
+    """(whole words, a 1-2 letter trailing prefix or None): the short prefix is matched without FTS."""
+    if p.prefix and p.tokens and len(p.tokens[-1]) <= SHORT_PREFIX:
+        return list(p.tokens[:-1]), p.tokens[-1]
+    return list(p.tokens), None
+
+
+def _next_key(prefix: str) -> str:
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def _words(value: str | None) -> list[str]:
+    return _TOKEN.findall(fold(value)) if value else []
+
+
+def _has(words: list[str], token: str, prefix: bool) -> bool:
+    return token in words or (prefix and any(w.startswith(token) for w in words))
+
+
+def _quote(token: str) -> str:
+    return '"' + token.replace('"', '""') + '"'
+
+
+class _Matcher:
+    """FTS5's word semantics in Python for bounded candidate sets: each token a whole word of the folded
+    text, the last one a word prefix when the query is a prefix."""
+
+    def __init__(self, tokens: list[str], prefix: bool) -> None:
+        last = len(tokens) - 1
+        self.tokens = tokens
+        self.terms = [(t, prefix and i == last) for i, t in enumerate(tokens)]
+        self.query = " ".join(tokens)
+
+    def _hits(self, words: list[str]) -> list[bool]:
+        return [any(w.startswith(t) for w in words) if pre else t in words for t, pre in self.terms]
+
+    def count(self, value: str | None) -> int:
+        return sum(self._hits(_words(value))) if value else 0
+
+    def matches(self, row: Any) -> bool:
+        """Every token in some indexed column (title, original title, people, overview), as FTS5 does."""
+        words: list[str] = []
+        for column in ("title", "original_title", "search_people", "overview"):
+            words += _words(getattr(row, column, None))
+        return all(self._hits(words))
+
+    def rank(self, rows: list[Any], *, titles_only: bool = False) -> list[Any]:
+        """Order a bounded candidate set without bm25: title > original title > people > overview; then the
+        exact title, a title that starts with the words, whole words before prefixes, the shorter title."""
+
+        def key(row: Any) -> tuple[Any, ...]:
+            words = _words(row.title)
+            title = " ".join(words)
+            score = 100 * sum(self._hits(words))
+            if not titles_only:
+                score += (
+                    50 * self.count(getattr(row, "original_title", None))
+                    + 10 * self.count(row.search_people)
+                    + self.count(getattr(row, "overview", None))
+                )
+            whole = sum(1 for t in self.tokens if t in words)
+            return (-score, title != self.query, not title.startswith(self.query), -whole, len(title), row.id)
+
+        return sorted(rows, key=key)
+
+
+def _by_ids(session: Session, ids: list[int]) -> list[Any]:
+    rows: list[Any] = []
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        params = {f"i{n}": v for n, v in enumerate(chunk)}
+        marks = ", ".join(f":i{n}" for n in range(len(chunk)))
+        rows += session.execute(
+            text(f"SELECT {TEXT_COLS} FROM catalog_movie m WHERE m.id IN ({marks})"), params
+        )
+    return rows
+
+
+def _sqlite_ranked(
+    session: Session, tokens: list[str], prefix: bool, want: int, filters: str, params: dict[str, Any]
+) -> list[Any]:
+    """Movies matching every token, best first, at most `want`; the work is bounded by CAP, TITLE_CAP and
+    FILTER_CAP whatever the words."""
+    match = fts5_match(tokens, prefix=prefix)
+    matcher = _Matcher(tokens, prefix)
+    cap = max(CAP, want)
+    probe = list(
+        session.execute(
+            text("SELECT rowid FROM catalog_movie_fts WHERE catalog_movie_fts MATCH :match LIMIT :n"),
+            {"match": match, "n": cap + 1},
+        ).scalars()
+    )
+    common = len(probe) > cap
+    if common and filters:
+        # Common words and a filter: when the filter is selective, check its movies one by one ...
+        ids = list(
+            session.execute(
+                text(f"SELECT m.id FROM catalog_movie m WHERE 1=1{filters} LIMIT :n"),
+                {**params, "n": FILTER_CAP + 1},
+            ).scalars()
+        )
+        if len(ids) <= FILTER_CAP:
+            return matcher.rank([r for r in _by_ids(session, ids) if matcher.matches(r)])[:want]
+        # ... else both are broad: walk the matches in rowid order until enough pass the filter.
+        sql = (
+            f"SELECT {TEXT_COLS} FROM catalog_movie_fts f CROSS JOIN catalog_movie m ON m.id = f.rowid "
+            f"WHERE catalog_movie_fts MATCH :match{filters} LIMIT :want"
+        )
+        return matcher.rank(list(session.execute(text(sql), {**params, "match": match, "want": want})))[:want]
+
+    out: list[Any] = []
+    seen: set[int] = set()
+
+    def add(rows: list[Any]) -> None:
+        for row in rows:
+            if row.id not in seen and len(out) < want:
+                seen.add(row.id)
+                out.append(row)
+
+    def titles(title_match: str) -> list[Any]:
+        sql = (
+            f"SELECT {MOVIE_COLS} FROM catalog_movie_fts f CROSS JOIN catalog_movie m ON m.id = f.rowid "
+            f"WHERE catalog_movie_fts MATCH :tm{filters} LIMIT :n"
+        )
+        rows = list(session.execute(text(sql), {**params, "tm": title_match, "n": TITLE_CAP}))
+        return matcher.rank(rows, titles_only=True)
+
+    # 1. Titles that start with the words, in order: what type-ahead is after ("the godf" → The Godfather).
+    add(titles(f"{TITLE_COLS} : ^{_quote(' '.join(tokens))}{'*' if prefix else ''}"))
+    q = {**params, "match": match}
+    if not common:
+        # 2. Selective words: bm25 over every match (title 10, original title 5, people 3, overview 1).
+        q["cand"] = want + len(seen) if not filters else cap
+        sql = (
+            f"SELECT {MOVIE_COLS} FROM (SELECT rowid AS id, rank FROM catalog_movie_fts "
+            f"WHERE catalog_movie_fts MATCH :match AND {BM25} ORDER BY rank LIMIT :cand) f "
+            f"JOIN catalog_movie m ON m.id = f.id WHERE 1=1{filters} ORDER BY f.rank, m.id"
+        )
+        add(list(session.execute(text(sql), q)))
+        return out
+    # 2. Common words: titles that hold them anywhere ...
+    if len(out) < want:
+        add(titles(f"{TITLE_COLS} : ({match})"))
+    # 3. ... then bm25 over the first CAP matches (a rowid window, so FTS5 scores only those).
+    if len(out) < want:
+        q.update(last=probe[cap - 1], cand=want + len(seen))
+        sql = (
+            f"SELECT {MOVIE_COLS} FROM (SELECT rowid AS id, rank FROM catalog_movie_fts "
+            f"WHERE catalog_movie_fts MATCH :match AND {BM25} AND rowid <= :last ORDER BY rank LIMIT :cand) f "
+            "JOIN catalog_movie m ON m.id = f.id ORDER BY f.rank, m.id"
+        )
+        add(list(session.execute(text(sql), q)))
+    return out
+
+
+def _sqlite_movies(
+    session: Session, p: ParsedQuery, limit: int, filters: str, params: dict[str, Any]
+) -> list[Any]:
+    tokens, short = _split_short(p)
+    if short is None:
+        return _sqlite_ranked(session, tokens, p.prefix, limit, filters, params)
+    if not tokens:
+        # Only 1-2 letters typed: titles that start with them (the sort-title index; leading articles dropped).
+        sql = (
+            f"SELECT {MOVIE_COLS} FROM catalog_movie m WHERE m.sort_title >= :lo AND m.sort_title < :hi"
+            f"{filters} ORDER BY m.sort_title, m.id LIMIT :limit"
+        )
+        return list(
+            session.execute(text(sql), {**params, "lo": short, "hi": _next_key(short), "limit": limit})
+        )
+    # Candidates for the whole words, then the short prefix checked on their words and all of them ranked
+    # together ("star w": titles holding "star" and a word starting with "w" first).
+    rows = _sqlite_ranked(session, tokens, False, max(5 * limit, 100), filters, params)
+    matcher = _Matcher([*tokens, short], True)
+    return matcher.rank([r for r in _by_ids(session, [r.id for r in rows]) if matcher.matches(r)])[:limit]
+
+
+def _pg_movies(
+    session: Session, p: ParsedQuery, limit: int, filters: str, params: dict[str, Any]
+) -> list[Any]:
+    """Titles first (weights A and B), then every column; each tier ranks at most CAP matches."""
+    out: list[Any] = []
+    for weights in ("AB", ""):
+        tsq = pg_tsquery(p.tokens, prefix=p.prefix, weights=weights)
+        if not tsq:
+            return []
+        seen = {r.id for r in out}
+        # The second tier leaves out what the first one found (they could fill its CAP).
+        exclude = " AND NOT (m.id = ANY(:seen))" if seen else ""
+        sql = (
+            f"SELECT * FROM (SELECT {MOVIE_COLS}, ts_rank(m.search, q, 1) AS r FROM catalog_movie m, "
+            f"to_tsquery('simple', catalog_unaccent(:tsq)) q WHERE m.search @@ q{filters}{exclude} "
+            "LIMIT :cap) c ORDER BY c.r DESC, c.id LIMIT :limit"
+        )
+        q = {**params, "tsq": tsq, "seen": sorted(seen), "cap": max(CAP, limit), "limit": limit}
+        rows = session.execute(text(sql), q)
+        out += [r for r in rows if r.id not in seen][: limit - len(out)]
+        if len(out) >= limit:
+            break
+    return out
 
 
 def _movie_rows(session: Session, p: ParsedQuery, limit: int, backend: str) -> list[Any]:
@@ -161,24 +386,9 @@ def _movie_rows(session: Session, p: ParsedQuery, limit: int, backend: str) -> l
             return list(session.execute(text(sql), params))
         return []
     if backend == "sqlite":
-        params["match"] = fts5_match(p.tokens, prefix=p.prefix)
-        params["cand"] = CANDIDATES if not filters else 5000
-        sql = (
-            f"SELECT {MOVIE_COLS} FROM (SELECT rowid AS id, rank FROM catalog_movie_fts "
-            "WHERE catalog_movie_fts MATCH :match AND rank MATCH 'bm25(10.0, 5.0, 3.0, 1.0)' "
-            "ORDER BY rank LIMIT :cand) f JOIN catalog_movie m ON m.id = f.id "
-            f"WHERE 1=1{filters} ORDER BY f.rank, m.id LIMIT :limit"
-        )
-        return list(session.execute(text(sql), params))
+        return _sqlite_movies(session, p, limit, filters, params)
     if backend == "postgresql":
-        params["tsq"] = pg_tsquery(p.tokens, prefix=p.prefix)
-        if not params["tsq"]:
-            return []
-        sql = (
-            f"SELECT {MOVIE_COLS} FROM catalog_movie m, to_tsquery('simple', catalog_unaccent(:tsq)) q "
-            f"WHERE m.search @@ q{filters} ORDER BY ts_rank(m.search, q, 1) DESC, m.id LIMIT :limit"
-        )
-        return list(session.execute(text(sql), params))
+        return _pg_movies(session, p, limit, filters, params)
     # "like": the slow, portable baseline (benchmarks).
     params["like"] = "%" + like_escape(" ".join(p.tokens)) + "%"
     sql = (
@@ -189,23 +399,46 @@ def _movie_rows(session: Session, p: ParsedQuery, limit: int, backend: str) -> l
     return list(session.execute(text(sql), params))
 
 
+def _sqlite_people(session: Session, p: ParsedQuery, limit: int) -> list[Any]:
+    tokens, short = _split_short(p)
+    if not tokens and short is not None:
+        sql = (
+            "SELECT p.id, p.name FROM catalog_person p WHERE p.name_key >= :lo AND p.name_key < :hi "
+            "ORDER BY p.name_key, p.id LIMIT :limit"
+        )
+        return list(session.execute(text(sql), {"lo": short, "hi": _next_key(short), "limit": limit}))
+    match = fts5_match(tokens, prefix=p.prefix and short is None)
+    params: dict[str, Any] = {"match": match, "cand": limit if short is None else max(10 * limit, 200)}
+    params["cap"] = max(CAP, params["cand"])
+    # bm25 over at most the first CAP matches: the window ends at the CAP-th match's rowid (all of them when
+    # there are fewer), found in the same statement.
+    sql = (
+        "SELECT p.id, p.name FROM (SELECT rowid AS id, rank FROM catalog_person_fts "
+        "WHERE catalog_person_fts MATCH :match AND rowid <= coalesce((SELECT rowid FROM catalog_person_fts "
+        "WHERE catalog_person_fts MATCH :match LIMIT 1 OFFSET :cap), 9223372036854775807) "
+        "ORDER BY rank LIMIT :cand) f JOIN catalog_person p ON p.id = f.id ORDER BY f.rank, p.id"
+    )
+    rows = list(session.execute(text(sql), params))
+    if short is not None:
+        rows = [r for r in rows if _has(_words(r.name), short, True)]
+    return rows[:limit]
+
+
 def _people_rows(session: Session, p: ParsedQuery, limit: int, backend: str) -> list[Any]:
     if not p.tokens or p.year is not None:
         return []
-    params: dict[str, Any] = {"limit": limit}
     if backend == "sqlite":
-        params["match"] = fts5_match(p.tokens, prefix=p.prefix)
-        sql = (
-            "SELECT p.id, p.name FROM catalog_person_fts f JOIN catalog_person p ON p.id = f.rowid "
-            "WHERE catalog_person_fts MATCH :match ORDER BY f.rank LIMIT :limit"
-        )
-    elif backend == "postgresql":
+        return _sqlite_people(session, p, limit)
+    params: dict[str, Any] = {"limit": limit}
+    if backend == "postgresql":
         params["tsq"] = pg_tsquery(p.tokens, prefix=p.prefix)
+        params["cap"] = CAP
         if not params["tsq"]:
             return []
         sql = (
-            "SELECT p.id, p.name FROM catalog_person p, to_tsquery('simple', catalog_unaccent(:tsq)) q "
-            "WHERE p.search @@ q ORDER BY ts_rank(p.search, q) DESC, p.id LIMIT :limit"
+            "SELECT * FROM (SELECT p.id, p.name, ts_rank(p.search, q) AS r FROM catalog_person p, "
+            "to_tsquery('simple', catalog_unaccent(:tsq)) q WHERE p.search @@ q LIMIT :cap) c "
+            "ORDER BY c.r DESC, c.id LIMIT :limit"
         )
     else:
         params["like"] = "%" + like_escape(" ".join(p.tokens)) + "%"

@@ -25,3 +25,11 @@ def enrich_job(job_id: str, field: str, force: bool = False, limit: int | None =
     from suite.catalog import enrich
 
     return enrich.enrich(field=field, force=force, limit=limit, progress=progress(job_id))
+
+
+@task(retries=0, domain="catalog")
+def embed_job(job_id: str, limit: int | None = None) -> dict[str, Any]:
+    """Embed movies for semantic search; resumable (unchanged movies are skipped by their text hash)."""
+    from suite.catalog import semantic
+
+    return semantic.build_embeddings(limit=limit, progress=progress(job_id))

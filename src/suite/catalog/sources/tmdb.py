@@ -176,13 +176,15 @@ class TmdbClient:
 
 
 def client_from_settings() -> TmdbClient:
+    from suite.catalog.keys import effective_tmdb_key
     from suite.core.config import get_settings
 
     settings = get_settings().catalog
-    key = settings.tmdb_api_key.get_secret_value() if settings.tmdb_api_key else ""
+    key = effective_tmdb_key()
     if not key:
         raise TmdbUnconfigured(
-            "TMDB key not configured: set SUITE_CATALOG__TMDB_API_KEY or use --source wikidata"
+            "TMDB key not configured: set SUITE_CATALOG__TMDB_API_KEY or use --source wikidata "
+            "(admins can also store one: suite catalog tmdb-key set)"
         )
     return TmdbClient(
         key=key,
