@@ -187,3 +187,47 @@ async def test_worker_presence(broker) -> None:
     assert [w["name"] for w in await broker.live_workers()] == ["w1"]
     await broker.worker_gone("w1")
     assert await broker.live_workers() == []
+
+
+async def test_submit_with_status_frame(broker) -> None:
+    await broker.submit("s1", {"user_id": "1"}, status={"state": "queued", "position": 1})
+    read = await broker.reply_read("s1", 0)
+    assert [(f.seq, f.type, f.data) for f in read.frames] == [
+        (1, "status", {"state": "queued", "position": 1})
+    ]
+    (entry,) = await broker.claim("w", block_ms=100)
+    assert entry.request_id == "s1" and entry.fields["user_id"] == "1"
+
+
+async def test_reply_extend_writes_a_batch_and_reports_cancel(broker) -> None:
+    from suite.chat.broker.base import Frame
+
+    frames = [("status", Frame.encode({"state": "generating"}))]
+    frames += [("delta", Frame.encode({"text": t})) for t in ["a", "b", "ü"]]
+    assert await broker.reply_extend("x", frames) == (4, False)
+    read = await broker.reply_read("x", 1)
+    assert [(f.seq, f.type, f.data) for f in read.frames] == [
+        (2, "delta", {"text": "a"}),
+        (3, "delta", {"text": "b"}),
+        (4, "delta", {"text": "ü"}),
+    ]
+    # the wire form a socket sends: the writer's JSON, spliced, never re-encoded
+    assert read.frames[2].wire('"client-1"') == '{"type":"delta","request_id":"client-1","seq":4,"text":"ü"}'
+    await broker.cancel("x")
+    assert await broker.reply_extend("x", [("delta", Frame.encode({"text": "c"}))]) == (5, True)
+    # the worker never recreates a stream that vanished (create=False)
+    from suite.chat.broker.base import BrokerUnavailable
+
+    with pytest.raises(BrokerUnavailable):
+        await broker.reply_extend("gone", frames, create=False)
+
+
+async def test_lock_and_rate(broker) -> None:
+    assert await broker.lock_and_rate("conv:1", "r1", 5000, rate_key="user:9", limit=2) == (True, None)
+    assert await broker.lock_and_rate("conv:1", "r2", 5000, rate_key="user:9", limit=2) == (False, None)
+    assert await broker.rate_peek("user:9") == 1  # a busy conversation costs no rate
+    assert await broker.lock_release("conv:1", "r1")
+    assert await broker.lock_and_rate("conv:2", "r3", 5000, rate_key="user:9", limit=2) == (True, None)
+    locked, retry = await broker.lock_and_rate("conv:3", "r4", 5000, rate_key="user:9", limit=2)
+    assert locked and retry is not None and 0 < retry <= 60
+    assert await broker.lock_holder("conv:3") is None  # over the limit: released again

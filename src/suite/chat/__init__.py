@@ -14,6 +14,8 @@ DOMAIN = DomainSpec(
     settings="suite.chat.settings:ChatSettings",
     models="suite.chat.models",
     migrations="suite.chat.migrations",
+    tasks="suite.chat.tasks",
     readiness="suite.chat.api:readiness",
     startup="suite.chat.api:startup",
+    shutdown="suite.chat.api:shutdown",
 )

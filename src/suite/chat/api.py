@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, WebSocket
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from suite.chat import service
+from suite.chat import notify, service
 from suite.chat.db import run_db
 from suite.chat.deps import ChatAdmin, ChatUser
 from suite.chat.runtime_state import get_runtime
@@ -42,7 +41,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["pages", "readiness", "router", "startup"]  # and openai_router, built on access
+__all__ = ["pages", "readiness", "router", "shutdown", "startup"]  # and openai_router, built on access
 
 
 # --- domain hooks ---------------------------------------------------------------------------------------------
@@ -62,6 +61,13 @@ async def startup(app: Any) -> None:
     await runtime_state.start()
 
 
+async def shutdown(app: Any) -> None:
+    """Close sockets with 1001, stop the embedded worker and janitor gracefully, close the broker."""
+    from suite.chat import runtime_state
+
+    await runtime_state.stop()
+
+
 # --- conversations ----------------------------------------------------------------------------------------------
 
 
@@ -79,6 +85,10 @@ def list_conversations(
 @router.post("/conversations", response_model=ConversationRead, status_code=201)
 def create_conversation(body: ConversationCreate, user: CurrentUser, session: SessionDep) -> ConversationRead:
     conv = service.create_conversation(session, user_id=user.id, **body.model_dump())
+    session.commit()  # the event below must never announce a row that is rolled back
+    notify.publish_now(
+        user.id, notify.CONVERSATION, {"conversation_id": conv.id, "action": "created", "title": conv.title}
+    )
     return ConversationRead.model_validate(conv)
 
 
@@ -95,12 +105,20 @@ def update_conversation(
 ) -> ConversationRead:
     changes = body.model_dump(exclude_unset=True)
     conv = service.update_conversation(session, user_id=user.id, conversation_id=conversation_id, **changes)
+    session.commit()
+    notify.publish_now(
+        user.id, notify.CONVERSATION, {"conversation_id": conv.id, "action": "updated", "title": conv.title}
+    )
     return ConversationRead.model_validate(conv)
 
 
 @router.delete("/conversations/{conversation_id}", status_code=204)
 def delete_conversation(conversation_id: str, user: CurrentUser, session: SessionDep) -> Response:
     service.delete_conversation(session, user_id=user.id, conversation_id=conversation_id)
+    session.commit()
+    notify.publish_now(
+        user.id, notify.CONVERSATION, {"conversation_id": conversation_id, "action": "deleted"}
+    )
     return Response(status_code=204)
 
 
@@ -202,10 +220,10 @@ async def request_events(
 
     async def events() -> AsyncIterator[str]:
         yield "retry: 1000\n\n"
-        async for frame in runtime.frames(
+        async for frame, text in runtime.wire_frames(
             request_id=row["id"], client_request_id=row["request_id"], after_seq=start
         ):
-            yield f"id: {frame['seq']}\nevent: {frame['type']}\ndata: {json.dumps(frame, ensure_ascii=False)}\n\n"
+            yield f"id: {frame.seq}\nevent: {frame.type}\ndata: {text}\n\n"
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)

@@ -235,11 +235,15 @@ def conversations_export(
 @conversations_app.command("delete")
 def conversations_delete(conversation_id: str, user: Annotated[str | None, typer.Option()] = None) -> None:
     """Delete a conversation (refused while a reply is generated)."""
-    from suite.chat import service
+    from suite.chat import notify, service
     from suite.core.db import session_scope
 
     with session_scope() as session:
-        service.delete_conversation(session, user_id=_user_id(session, user), conversation_id=conversation_id)
+        user_id = _user_id(session, user)
+        service.delete_conversation(session, user_id=user_id, conversation_id=conversation_id)
+    notify.publish_now(
+        user_id, notify.CONVERSATION, {"conversation_id": conversation_id, "action": "deleted"}
+    )
     info(f"deleted {conversation_id}")
 
 
@@ -319,6 +323,25 @@ def doctor(as_json: JsonOpt = False) -> None:
         raise typer.Exit(1)
 
 
+@app.command()
+def purge(
+    keep_days: Annotated[int, typer.Option(min=0, help="Keep finished requests this many days.")] = 30,
+    now: Annotated[bool, typer.Option("--now", help="Run here instead of as a background job.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Housekeeping: old finished requests, reply streams without a TTL, old dead letters."""
+    if now:
+        from suite.chat.housekeeping import purge as run_purge
+
+        emit(run_purge(keep_days=keep_days), as_json=as_json, title="purged")
+        return
+    from suite.chat.tasks import purge as purge_task
+    from suite.core.tasks import enqueue
+
+    job = enqueue(purge_task, keep_days=keep_days)
+    emit({"job_id": job.id, "state": job.state}, as_json=as_json, title="queued")
+
+
 @dlq_app.command("list")
 def dlq_list(as_json: JsonOpt = False) -> None:
     """Dead-lettered requests."""
@@ -370,26 +393,94 @@ def dlq_retry(
     emit(asyncio.run(main()), as_json=as_json, title="requeued")
 
 
+def _bench_out(result: dict[str, Any], out: Path | None) -> None:
+    import json
+
+    text = json.dumps(result, indent=2)
+    if out:
+        out.write_text(text)
+    sys.stdout.write(text + "\n")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        fail(f"not a comma-separated list of numbers: {text!r}", 2)
+        raise AssertionError("unreachable") from None
+
+
+OutOpt = Annotated[Path | None, typer.Option(help="Write the JSON here too.")]
+
+
 @bench_app.command("pipeline")
 def bench_pipeline(
     sockets: Annotated[str, typer.Option(help="Comma-separated socket counts.")] = "1,10,20,50",
     messages: Annotated[int, typer.Option(min=1, help="Messages per socket.")] = 3,
     tokens: Annotated[int, typer.Option(min=1, help="Tokens per reply.")] = 64,
     broker: Annotated[str, typer.Option(help="memory, redis or memory,redis.")] = "memory",
-    out: Annotated[Path | None, typer.Option(help="Write the JSON here too.")] = None,
+    coalesced: Annotated[str, typer.Option(help="Socket counts for the coalesced round ('' skips).")] = "20",
+    out: OutOpt = None,
 ) -> None:
-    """The pipeline (scripted provider) at N sockets: replies/s, frames/s, TTFT, added latency."""
-    import json
-
-    from suite.chat.bench import run_pipeline
+    """B1: the pipeline (scripted provider) at N sockets: replies/s, frames/s, TTFT, added latency."""
+    from suite.chat.bench.pipeline import run_pipeline
 
     result = run_pipeline(
-        sockets=[int(s) for s in sockets.split(",") if s.strip()],
+        sockets=_ints(sockets),
         messages=messages,
         tokens=tokens,
         brokers=[b.strip() for b in broker.split(",") if b.strip()],
+        coalesced_sockets=_ints(coalesced),
     )
-    text = json.dumps(result, indent=2)
-    if out:
-        out.write_text(text)
-    sys.stdout.write(text + "\n")
+    _bench_out(result, out)
+
+
+@bench_app.command("model")
+def bench_model(
+    tokens: Annotated[str, typer.Option(help="Comma-separated reply lengths.")] = "64,256",
+    runtime: Annotated[
+        str, typer.Option(help="auto (every installed one), llamacpp or transformers.")
+    ] = "auto",
+    out: OutOpt = None,
+) -> None:
+    """B2: the local model per installed runtime: load, TTFT, tokens/s, CPU s/token, RSS, loop lag."""
+    from suite.chat.bench.model import run_model
+
+    if runtime not in ("auto", "llamacpp", "transformers"):
+        fail("--runtime must be auto, llamacpp or transformers", 2)
+    _bench_out(run_model(tokens=_ints(tokens), runtimes=None if runtime == "auto" else [runtime]), out)
+
+
+@bench_app.command("e2e")
+def bench_e2e(
+    sockets: Annotated[str, typer.Option(help="Comma-separated socket counts.")] = "1,2,4",
+    tokens: Annotated[int, typer.Option(min=1, help="Tokens per reply.")] = 32,
+    out: OutOpt = None,
+) -> None:
+    """B3: end to end with the local model vs a direct provider call (added latency, queueing)."""
+    from suite.chat.bench.e2e import run_e2e
+
+    _bench_out(run_e2e(sockets=_ints(sockets), tokens=tokens), out)
+
+
+@bench_app.command("provider")
+def bench_provider(
+    runs: Annotated[int, typer.Option(min=1, help="Requests per client.")] = 40,
+    out: OutOpt = None,
+) -> None:
+    """B4: the openai provider vs a raw httpx SSE read of our own /v1."""
+    from suite.chat.bench.provider import run_provider
+
+    _bench_out(run_provider(runs=runs), out)
+
+
+@bench_app.command("slow")
+def bench_slow(
+    sockets: Annotated[int, typer.Option(min=1, help="Normal sockets.")] = 19,
+    messages: Annotated[int, typer.Option(min=1, help="Messages per socket.")] = 40,
+    out: OutOpt = None,
+) -> None:
+    """B5: N sockets alone and beside one that never reads (TTFT p95 ratio)."""
+    from suite.chat.bench.slow import run_slow
+
+    _bench_out(run_slow(sockets=sockets, messages=messages), out)

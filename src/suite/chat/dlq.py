@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from suite.chat import service
+from suite.chat import notify, service
 from suite.chat.db import run_db
 from suite.chat.models import ChatRequest
 from suite.core.errors import NotFound
@@ -39,6 +39,14 @@ async def retry(runtime: Any, request_id: str) -> dict[str, Any]:
     client_id = fields.pop("client_request_id")
     await runtime.broker.reply_append(request_id, "reset", {"attempt": 0})
     await runtime.broker.submit(request_id, fields)
+    notify.request_state(
+        int(fields["user_id"]),
+        request_id=client_id,
+        conversation_id=fields["conversation_id"] or None,
+        state="queued",
+        kind="retry",
+    )
+    await notify.notifier().drain()  # the CLI's loop ends right after this
     return {"request_id": client_id, "id": request_id, "state": "queued"}
 
 

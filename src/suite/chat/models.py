@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
+import suite.core.models  # noqa: F401  (core_user, core_api_token: the targets of our foreign keys)
 from suite.core.db import Base, utcnow
 
 MESSAGE_STATUSES = ("complete", "streaming", "cancelled", "error", "interrupted")

@@ -1,21 +1,25 @@
 """The async side every entry point shares (WebSocket, REST, SSE, /v1): submit, cancel, and tail a reply.
 
-Send order: duplicate check (SQL) -> rate limit -> conversation lock (broker) -> rows (SQL) -> `status{queued}`
--> enqueue. Frames carry the client's request id; Redis keys use the server's, so one user's client id can never
-reach another user's reply.
+Send order, three steps on the critical path: the conversation lock and the rate limit (one broker round trip),
+the rows (one chat-db transaction, which also catches a duplicate by the unique key and, with a worker in this
+process, reads the job's context for it), then `status{queued}` and the enqueue (one broker round trip). Only
+when the lock is taken does a duplicate check run first (a resend while the original runs). Frames carry the
+client's request id; Redis keys use the server's, so one user's client id can never reach another user's reply.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
-from suite.chat import service
-from suite.chat.broker.base import Broker, BrokerUnavailable
-from suite.chat.db import run_db
+from suite.chat import notify, service
+from suite.chat.broker.base import Broker, BrokerUnavailable, Frame
+from suite.chat.db import db_thread, readonly, run_db
 from suite.chat.llm import ModelNotFound, is_known_model
 from suite.chat.models import FINISHED_STATES, ChatRequest, new_id
 from suite.chat.settings import ChatSettings
@@ -23,8 +27,43 @@ from suite.chat.text import check_text
 from suite.core.errors import Conflict, NotFound, RateLimited, TooLarge
 
 TERMINAL = ("done", "error")
+PREPARED_MAX = 512
+
+# --- the hand-over to a worker in this process ------------------------------------------------------------
+# When a worker runs in this process (always with the in-process broker; `serve` with Redis and an embedded
+# worker), `send` reads the job's context in the same chat-db batch that creates the request, and the worker
+# that claims it takes it from here instead of reading it again: the first token waits for one transaction,
+# not two. A worker of another process never finds an entry; the oldest are dropped past PREPARED_MAX.
+_local_workers = 0
+_prepared: OrderedDict[str, asyncio.Future[Any]] = OrderedDict()
 
 
+def worker_started() -> None:
+    global _local_workers
+    _local_workers += 1
+
+
+def worker_stopped() -> None:
+    global _local_workers
+    _local_workers = max(0, _local_workers - 1)
+    if not _local_workers:
+        _prepared.clear()
+
+
+def offer_job(request_id: str, job: asyncio.Future[Any]) -> None:
+    _prepared[request_id] = job
+    while len(_prepared) > PREPARED_MAX:
+        _prepared.popitem(last=False)
+
+
+def take_job(request_id: str) -> asyncio.Future[Any] | None:
+    job = _prepared.pop(request_id, None)
+    if job is None or job.get_loop() is not asyncio.get_running_loop():
+        return None
+    return job
+
+
+@readonly
 def _precheck(
     session: Any, *, user_id: int, client_request_id: str, fingerprint: str, conversation_id: str | None
 ) -> service.Submitted | None:
@@ -36,6 +75,7 @@ def _precheck(
     return dup
 
 
+@readonly
 def _state_of(session: Any, *, request_id: str) -> str | None:
     req = session.get(ChatRequest, request_id)
     return req.state if req else None
@@ -56,13 +96,16 @@ class ChatRuntime:
         if model and not is_known_model(model):
             raise ModelNotFound(f"model {model!r} not found")
 
+    def _rate_limited(self, retry: float) -> RateLimited:
+        return RateLimited(
+            f"more than {self.s.messages_per_minute} messages a minute; retry in {retry:.0f} s",
+            retry_after=retry,
+        )
+
     async def _rate(self, user_id: int) -> None:
         retry = await self.broker.rate_hit(f"user:{user_id}", limit=self.s.messages_per_minute)
         if retry is not None:
-            raise RateLimited(
-                f"more than {self.s.messages_per_minute} messages a minute; retry in {retry:.0f} s",
-                retry_after=retry,
-            )
+            raise self._rate_limited(retry)
 
     async def _try_lock(self, conversation_id: str, request_id: str) -> bool:
         return bool(
@@ -108,7 +151,16 @@ class ChatRuntime:
         # conversation. The duplicate check runs first only when the lock is taken (a resend while it runs).
         conv_id = conversation_id or new_id()
         rid = new_id()
-        if not await self._try_lock(conv_id, rid):
+        locked, retry = await self.broker.lock_and_rate(
+            f"conv:{conv_id}",
+            rid,
+            self.s.conv_lock_ms,
+            rate_key=f"user:{user_id}",
+            limit=self.s.messages_per_minute,
+        )
+        if locked and retry is not None:
+            raise self._rate_limited(retry)
+        if not locked:
             dup = await run_db(
                 _precheck,
                 user_id=user_id,
@@ -120,21 +172,34 @@ class ChatRuntime:
                 return dup
             await self._lock(conv_id, rid)
         try:
-            await self._rate(user_id)
-            sub = await run_db(
-                service.create_send,
-                request_id=rid,
-                user_id=user_id,
-                client_request_id=client_request_id,
-                fingerprint=fingerprint,
-                conversation_id=conv_id,
-                new_conversation=conversation_id is None,
-                content=content,
-                parent_id=parent_id,
-                model=model,
-                system_prompt=system_prompt,
-                params={"max_tokens": cap, "temperature": temperature},
-            )
+            if not locked:
+                await self._rate(user_id)
+            ops: list[tuple[Any, dict[str, Any]]] = [
+                (
+                    service.create_send,
+                    dict(
+                        request_id=rid,
+                        user_id=user_id,
+                        client_request_id=client_request_id,
+                        fingerprint=fingerprint,
+                        conversation_id=conv_id,
+                        new_conversation=conversation_id is None,
+                        content=content,
+                        parent_id=parent_id,
+                        model=model,
+                        system_prompt=system_prompt,
+                        params={"max_tokens": cap, "temperature": temperature},
+                    ),
+                )
+            ]
+            if _local_workers:  # same batch: the context is read in the transaction that wrote it
+                ops.append((service.load_job, {"request_id": rid}))
+            futures = db_thread().submit_many(ops)
+            if len(futures) > 1:
+                futures[1].add_done_callback(_quiet)
+            sub = await futures[0]
+            if len(futures) > 1 and not sub.duplicate:
+                offer_job(rid, futures[1])
         except BaseException:
             with contextlib.suppress(Exception):
                 await self.broker.lock_release(f"conv:{conv_id}", rid)
@@ -142,7 +207,13 @@ class ChatRuntime:
         if sub.duplicate:
             await self.broker.lock_release(f"conv:{conv_id}", rid)
             return sub
-        await self._enqueue(sub, user_id=user_id)
+        await self._enqueue(sub, user_id=user_id, kind="send")
+        if conversation_id is None:
+            notify.conversation(
+                user_id, conversation_id=conv_id, action="created", title=service.title_from(content)
+            )
+        else:
+            notify.conversation(user_id, conversation_id=conv_id, action="updated")
         return sub
 
     async def regenerate(
@@ -194,7 +265,8 @@ class ChatRuntime:
         if sub.duplicate:
             await self.broker.lock_release(f"conv:{msg}", rid)
             return sub
-        await self._enqueue(sub, user_id=user_id)
+        await self._enqueue(sub, user_id=user_id, kind="regenerate")
+        notify.conversation(user_id, conversation_id=msg, action="updated")
         return sub
 
     async def submit_api(
@@ -216,18 +288,17 @@ class ChatRuntime:
             messages=messages,
             params=params,
         )
-        await self._enqueue(sub, user_id=user_id)
+        await self._enqueue(sub, user_id=user_id, kind="api")
+        if sub.conversation_id:
+            notify.conversation(user_id, conversation_id=sub.conversation_id, action="created")
         return sub
 
-    async def _enqueue(self, sub: service.Submitted, *, user_id: int) -> None:
+    async def _enqueue(self, sub: service.Submitted, *, user_id: int, kind: str) -> None:
         try:
             position = None
             pending = getattr(self.broker, "_queue", None)
             if pending is not None:
                 position = len(pending) + 1
-            await self.broker.reply_append(
-                sub.request_id, "status", {"state": "queued", "position": position}
-            )
             await self.broker.submit(
                 sub.request_id,
                 {
@@ -236,6 +307,14 @@ class ChatRuntime:
                     "model": sub.model,
                     "enqueued_at": str(time.time()),
                 },
+                status={"state": "queued", "position": position},
+            )
+            notify.request_state(
+                user_id,
+                request_id=sub.client_request_id,
+                conversation_id=sub.conversation_id,
+                state="queued",
+                kind=kind,
             )
         except BrokerUnavailable as exc:
             await run_db(
@@ -244,6 +323,9 @@ class ChatRuntime:
                 state="error",
                 code="broker_unavailable",
                 message=exc.message,
+            )
+            notify.request_state(
+                user_id, request_id=sub.client_request_id, conversation_id=sub.conversation_id, state="error"
             )
             if sub.conversation_id:
                 with contextlib.suppress(Exception):
@@ -265,6 +347,19 @@ class ChatRuntime:
     async def frames(
         self, *, request_id: str, client_request_id: str, after_seq: int = 0
     ) -> AsyncIterator[dict[str, Any]]:
+        """The reply's frames as dicts (see `reply_frames`)."""
+        async for frame in self.reply_frames(request_id=request_id, after_seq=after_seq):
+            yield frame.to_message(client_request_id)
+
+    async def wire_frames(
+        self, *, request_id: str, client_request_id: str, after_seq: int = 0
+    ) -> AsyncIterator[tuple[Frame, str]]:
+        """The reply's frames with their JSON text as a client gets it, encoded once by the writer."""
+        rid_json = json.dumps(client_request_id, ensure_ascii=False)
+        async for frame in self.reply_frames(request_id=request_id, after_seq=after_seq):
+            yield frame, frame.wire(rid_json)
+
+    async def reply_frames(self, *, request_id: str, after_seq: int = 0) -> AsyncIterator[Frame]:
         """The reply's frames after `after_seq`, then the live tail until `done` or `error`.
 
         Past an expired or trimmed buffer: `reset`, the stored text as one `delta`, and `done` from SQL.
@@ -278,17 +373,17 @@ class ChatRuntime:
                 text = stored.pop("text", "")
                 kind = stored.pop("type")
                 base = max(seq, read.frames[-1].seq if read.frames else 0)
-                yield {"type": "reset", "request_id": client_request_id, "seq": base + 1, "attempt": 0}
+                yield Frame(base + 1, "reset", {"attempt": 0})
                 if text:
-                    yield {"type": "delta", "request_id": client_request_id, "seq": base + 2, "text": text}
-                yield {"type": kind, "request_id": client_request_id, "seq": base + 3, **stored}
+                    yield Frame(base + 2, "delta", {"text": text})
+                yield Frame(base + 3, kind, stored)
                 return
         idle_since = time.monotonic()
         block_ms = int(min(5000, max(50, self.s.reply_timeout_s * 1000 / 4)))
         while True:
             for frame in read.frames:
                 seq = frame.seq
-                yield frame.to_message(client_request_id)
+                yield frame
                 if frame.type in TERMINAL:
                     return
             if read.frames:
@@ -298,26 +393,34 @@ class ChatRuntime:
                 if last is None or last < seq:
                     state = await run_db(_state_of, request_id=request_id)
                     if state is not None and state not in FINISHED_STATES:
-                        await run_db(
+                        req = await run_db(
                             service.fail_request,
                             request_id=request_id,
                             state="error",
                             code="broker_unavailable",
                             message="the reply stream was lost (the broker restarted?)",
                         )
+                        if req is not None:
+                            notify.request_state(
+                                req.user_id,
+                                request_id=req.client_request_id,
+                                conversation_id=req.conversation_id,
+                                state=req.state,
+                            )
                     stored = await run_db(service.done_frame, request_id=request_id)
                     if stored is not None and stored.get("type") == "done":
                         stored.pop("text", None)
                         stored.pop("type")
-                        yield {"type": "done", "request_id": client_request_id, "seq": seq + 1, **stored}
+                        yield Frame(seq + 1, "done", stored)
                         return
-                    yield {
-                        "type": "error",
-                        "request_id": client_request_id,
-                        "seq": seq + 1,
-                        "code": "broker_unavailable",
-                        "message": "the reply stream was lost; the request can be sent again",
-                    }
+                    yield Frame(
+                        seq + 1,
+                        "error",
+                        {
+                            "code": "broker_unavailable",
+                            "message": "the reply stream was lost; the request can be sent again",
+                        },
+                    )
                     return
                 idle_since = time.monotonic()
             try:
@@ -327,10 +430,17 @@ class ChatRuntime:
                 await asyncio.sleep(0.2)
 
 
+def _quiet(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: a failed read is the worker's to redo, not a log line
+
+
+@readonly
 def _message_conversation(session: Any, *, user_id: int, message_id: str) -> str:
     return service.get_message(session, user_id=user_id, message_id=message_id).conversation_id
 
 
+@readonly
 def _request_row(session: Any, *, user_id: int, client_request_id: str) -> dict[str, Any]:
     req = service.get_request(session, user_id=user_id, client_request_id=client_request_id)
     return request_dict(req)

@@ -33,7 +33,7 @@ async def start(*, worker: bool | None = None, concurrency: int | None = None) -
     """Server startup: the in-process broker forgets nothing silently (unfinished requests end `interrupted`),
     the Redis group is created when Redis answers, and the embedded worker starts (always for memory)."""
     global _worker
-    from suite.chat import service
+    from suite.chat import notify, service
     from suite.chat.broker.base import BrokerUnavailable
     from suite.chat.db import run_db
     from suite.chat.worker import ChatWorker
@@ -44,10 +44,15 @@ async def start(*, worker: bool | None = None, concurrency: int | None = None) -
     broker = runtime.broker
     if broker.kind == "memory":
         try:
-            count = await run_db(service.interrupt_unfinished)
-            if count:
+            interrupted = await run_db(service.interrupt_unfinished)
+            if interrupted:
                 log.warning(
-                    "chat: %d unfinished request(s) from before the restart marked interrupted", count
+                    "chat: %d unfinished request(s) from before the restart marked interrupted",
+                    len(interrupted),
+                )
+            for user_id, client_id, conversation_id in interrupted:
+                notify.request_state(
+                    user_id, request_id=client_id, conversation_id=conversation_id, state="interrupted"
                 )
         except Exception as exc:  # the database may be down: /readyz says so
             log.error("chat: could not mark unfinished requests: %s", exc)
@@ -63,17 +68,37 @@ async def start(*, worker: bool | None = None, concurrency: int | None = None) -
         log.info("chat: embedded worker %s started (%s broker)", _worker.name, broker.kind)
 
 
-async def stop() -> None:
+async def stop(*, grace_s: float | None = None) -> None:
+    """Server shutdown, in the order a load balancer wants: refuse new sockets (1013), close the open ones with
+    1001 (clients reconnect elsewhere and resume), stop the embedded worker (replies in progress get `grace_s`,
+    default `chat.shutdown_grace_s`, to finish; then, with the in-process broker, they end `interrupted` with
+    their partial text; with Redis their entries stay pending and another worker reclaims them), publish the
+    last notifications, close the broker, let queued SQL writes land."""
     global _worker, _runtime
-    if _worker is not None:
-        await _worker.stop(interrupt=_worker.broker.kind == "memory")
-        _worker = None
-    if _runtime is not None:
-        await _runtime.broker.close()
-    _runtime = None
-    from suite.chat.broker import set_broker
+    from suite.chat import notify, ws
+    from suite.chat.db import drain_db
+    from suite.core.config import get_settings
 
-    set_broker(None)
+    ws.set_draining(True)
+    try:
+        closed = await ws.close_all(ws.CLOSE_GOING_AWAY, "server shutdown")
+        if closed:
+            log.info("chat: closed %d socket(s) with 1001", closed)
+        if _worker is not None:
+            grace = get_settings().chat.shutdown_grace_s if grace_s is None else grace_s
+            await _worker.stop(interrupt=_worker.broker.kind == "memory", grace_s=grace)
+            _worker = None
+        await notify.notifier().drain()
+        if _runtime is not None:
+            await _runtime.broker.close()
+        _runtime = None
+        from suite.chat.broker import set_broker
+
+        set_broker(None)
+        await drain_db()
+    finally:
+        ws.set_draining(False)
+    log.info("chat: shut down")
 
 
 def reset() -> None:

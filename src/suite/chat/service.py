@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, case, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from suite.chat.db import atomic, readonly
 from suite.chat.models import FINISHED_STATES, ChatRequest, Conversation, Message, new_id
 from suite.chat.text import message_tokens, sha256_of, title_from
 
@@ -26,6 +28,77 @@ def settings():  # type: ignore[no-untyped-def]
     from suite.core.config import get_settings
 
     return get_settings().chat
+
+
+# Tables for Core statements on the hot paths (the ORM unit of work costs ~0.3 ms a flush).
+_CONV = Conversation.__table__
+_REQ = ChatRequest.__table__
+_MSG = Message.__table__
+_INSERT_CONV = insert(_CONV)
+_INSERT_REQ = insert(_REQ)
+_INSERT_MSG = insert(_MSG)
+_SET_LEAF = (
+    update(_CONV)
+    .where(_CONV.c.id == bindparam("cid"))
+    .values(active_leaf_id=bindparam("leaf"), updated_at=bindparam("now"))
+)
+_FINISH_REQ = (
+    update(_REQ)
+    .where(_REQ.c.id == bindparam("rid"))
+    .values(
+        state=bindparam("state"),
+        finished_at=bindparam("now"),
+        first_token_at=func.coalesce(_REQ.c.first_token_at, bindparam("first_token_at")),
+        tokens_in=bindparam("tokens_in"),
+        tokens_out=bindparam("tokens_out"),
+        error_code=bindparam("error_code"),
+        error_message=bindparam("error_message"),
+    )
+)
+_FINISH_MSG = (
+    update(_MSG)
+    .where(_MSG.c.id == bindparam("mid"))
+    .values(
+        content=bindparam("content"),
+        status=bindparam("status"),
+        finish_reason=bindparam("finish_reason"),
+        tokens_in=bindparam("tokens_in"),
+        tokens_out=bindparam("tokens_out"),
+        runtime=bindparam("runtime"),
+        error_code=bindparam("error_code"),
+        completed_at=bindparam("now"),
+    )
+)
+_TOUCH_CONV = update(_CONV).where(_CONV.c.id == bindparam("cid")).values(updated_at=bindparam("now"))
+_SAVE_PARTIAL = (
+    update(_MSG)
+    .where(_MSG.c.id == bindparam("mid"), _MSG.c.status == "streaming")
+    .values(content=bindparam("content"))
+)
+_FIRST_TOKEN = (
+    update(_REQ)
+    .where(_REQ.c.id == bindparam("rid"), _REQ.c.first_token_at.is_(None))
+    .values(first_token_at=bindparam("at"))
+)
+_MARK_STARTED = (
+    update(_REQ)
+    .where(_REQ.c.id == bindparam("rid"), _REQ.c.state.in_(("queued", "generating")))
+    .values(
+        state="generating",
+        deliveries=case(
+            (_REQ.c.deliveries > bindparam("attempt"), _REQ.c.deliveries), else_=bindparam("attempt")
+        ),
+        attempt=bindparam("attempt"),
+        worker=bindparam("worker"),
+        started_at=func.coalesce(_REQ.c.started_at, bindparam("now")),
+    )
+)
+_RESET_REPLY = (
+    update(_MSG)
+    .where(_MSG.c.request_id == bindparam("rid"), _MSG.c.role == "assistant", _MSG.c.status == "streaming")
+    .values(attempt=bindparam("attempt"), content="")
+)
+MAX_DEPTH = 100_000  # a cycle guard for the branch walk (parent ids never form one; belt and braces)
 
 
 class Busy(Conflict):
@@ -129,17 +202,28 @@ def delete_conversation(session: Session, *, user_id: int, conversation_id: str)
 # --- messages ----------------------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=1)
+def _branch_query() -> Any:
+    """Built once (building a recursive CTE costs more than running it): the messages from the root to the
+    leaf bound as `leaf_id`, root first."""
+    path = (
+        select(Message.id.label("id"), Message.parent_id.label("parent_id"), literal(0).label("depth"))
+        .where(Message.id == bindparam("leaf_id"))
+        .cte("branch", recursive=True)
+    )
+    path = path.union_all(
+        select(Message.id, Message.parent_id, (path.c.depth + 1).label("depth"))
+        .join(path, Message.id == path.c.parent_id)
+        .where(path.c.depth < MAX_DEPTH)
+    )
+    return select(Message).join(path, Message.id == path.c.id).order_by(path.c.depth.desc())
+
+
 def branch_of(session: Session, *, leaf_id: str | None) -> list[Message]:
-    """The path from the root to `leaf_id`."""
-    out: list[Message] = []
-    seen: set[str] = set()
-    current = session.get(Message, leaf_id) if leaf_id else None
-    while current is not None and current.id not in seen:
-        seen.add(current.id)
-        out.append(current)
-        current = session.get(Message, current.parent_id) if current.parent_id else None
-    out.reverse()
-    return out
+    """The path from the root to `leaf_id`: one recursive query, however deep the conversation."""
+    if not leaf_id:
+        return []
+    return list(session.scalars(_branch_query(), {"leaf_id": leaf_id}))
 
 
 def list_messages(
@@ -215,6 +299,7 @@ def _submitted(req: ChatRequest, duplicate: bool) -> Submitted:
     )
 
 
+@readonly
 def find_request(session: Session, *, user_id: int, client_request_id: str) -> ChatRequest | None:
     return session.scalar(
         select(ChatRequest).where(
@@ -274,6 +359,7 @@ def check_budget(*, content: str, system_prompt: str | None, max_tokens: int) ->
         )
 
 
+@atomic
 def create_send(
     session: Session,
     *,
@@ -291,67 +377,92 @@ def create_send(
 ) -> Submitted:
     """A user message, its (empty, streaming) assistant reply and the request, in one transaction.
 
-    Idempotent on (user, client_request_id): a concurrent twin loses on the unique key and gets the winner."""
+    Idempotent on (user, client_request_id), by the unique key alone (no lookup first: a new request is the
+    common case): a resend, or a concurrent twin, fails the insert and gets the earlier request back, or
+    Conflict when its content differs. Ids are made here, so the rows go out in one flush."""
     chat = settings()
-    dup = check_duplicate(
-        session, user_id=user_id, client_request_id=client_request_id, fingerprint=fingerprint
-    )
-    if dup is not None:
-        return dup
+    now = utcnow()
     try:
         with session.begin_nested():
             if new_conversation:
-                conv = create_conversation(
-                    session,
-                    user_id=user_id,
-                    conversation_id=conversation_id,
-                    title=title_from(content),
-                    system_prompt=system_prompt,
-                    model=model,
+                # Core statements, not the unit of work: this transaction is on every reply's critical path.
+                conv_model, active_leaf = model, None
+                session.execute(
+                    _INSERT_CONV,
+                    {
+                        "id": conversation_id,
+                        "user_id": user_id,
+                        "title": title_from(content)[:200],
+                        "system_prompt": system_prompt,
+                        "model": model,
+                        "active_leaf_id": None,
+                        "created_at": now,
+                        "updated_at": now,
+                    },
                 )
             else:
                 conv = get_conversation(session, user_id=user_id, conversation_id=conversation_id)
+                conv_model, active_leaf = conv.model, conv.active_leaf_id
             if parent_id is None:
-                parent_id = conv.active_leaf_id
+                parent_id = active_leaf
             elif parent_id:
                 parent = session.get(Message, parent_id)
-                if parent is None or parent.conversation_id != conv.id:
+                if parent is None or parent.conversation_id != conversation_id:
                     raise NotFound(f"message {parent_id} not found in this conversation")
             else:
                 parent_id = None  # "" = a new root
-            use_model = model or conv.model or chat.default_model
-            req = ChatRequest(
-                id=request_id,
-                user_id=user_id,
-                client_request_id=client_request_id,
-                conversation_id=conv.id,
-                kind="send",
-                model=use_model,
-                params=params or {},
-                content_sha256=fingerprint,
+            use_model = model or conv_model or chat.default_model
+            user_message_id, reply_id = new_id(), new_id()
+            session.execute(
+                _INSERT_REQ,
+                {
+                    "id": request_id,
+                    "user_id": user_id,
+                    "client_request_id": client_request_id,
+                    "conversation_id": conversation_id,
+                    "kind": "send",
+                    "model": use_model,
+                    "params": params or {},
+                    "content_sha256": fingerprint,
+                    "user_message_id": user_message_id,
+                    "assistant_message_id": reply_id,
+                    "state": "queued",
+                    "deliveries": 0,
+                    "attempt": 0,
+                    "enqueued_at": now,
+                },
             )
-            session.add(req)
-            session.flush()
-            user_msg = Message(
-                conversation_id=conv.id, parent_id=parent_id, role="user", content=content, request_id=req.id
+            common = {"conversation_id": conversation_id, "request_id": request_id}
+            session.execute(
+                _INSERT_MSG,
+                [
+                    {
+                        **common,
+                        "id": user_message_id,
+                        "parent_id": parent_id,
+                        "role": "user",
+                        "content": content,
+                        "status": "complete",
+                        "model": None,
+                        "attempt": 1,
+                        "created_at": now,
+                    },
+                    {
+                        **common,
+                        "id": reply_id,
+                        "parent_id": user_message_id,
+                        "role": "assistant",
+                        "content": "",
+                        "status": "streaming",
+                        "model": use_model,
+                        "attempt": 1,
+                        "created_at": now + timedelta(microseconds=1),  # after its question in time order
+                    },
+                ],
             )
-            session.add(user_msg)
-            session.flush()
-            reply = Message(
-                conversation_id=conv.id,
-                parent_id=user_msg.id,
-                role="assistant",
-                content="",
-                status="streaming",
-                request_id=req.id,
-                model=use_model,
-            )
-            session.add(reply)
-            session.flush()
-            req.user_message_id, req.assistant_message_id = user_msg.id, reply.id
-            conv.active_leaf_id = reply.id
-            conv.updated_at = utcnow()
-            session.flush()
+            session.execute(_SET_LEAF, {"cid": conversation_id, "leaf": reply_id, "now": now})
+            if not new_conversation:
+                session.expire(conv, ["active_leaf_id", "updated_at"])
     except IntegrityError:
         dup = check_duplicate(
             session, user_id=user_id, client_request_id=client_request_id, fingerprint=fingerprint
@@ -359,7 +470,16 @@ def create_send(
         if dup is None:
             raise
         return dup
-    return _submitted(req, duplicate=False)
+    return Submitted(
+        request_id=request_id,
+        client_request_id=client_request_id,
+        conversation_id=conversation_id,
+        user_message_id=user_message_id,
+        message_id=reply_id,
+        model=use_model,
+        duplicate=False,
+        state="queued",
+    )
 
 
 def create_regenerate(
@@ -497,8 +617,10 @@ def fail_request(
     return req
 
 
-def interrupt_unfinished(session: Session) -> int:
-    """After a restart of the in-process broker: requests it held end `interrupted`, partial text kept."""
+def interrupt_unfinished(session: Session) -> list[tuple[int, str, str | None]]:
+    """After a restart of the in-process broker: requests it held end `interrupted`, partial text kept.
+
+    Returns (user id, client request id, conversation id) of each."""
     rows = list(session.scalars(select(ChatRequest).where(ChatRequest.state.in_(("queued", "generating")))))
     for req in rows:
         fail_request(
@@ -508,7 +630,7 @@ def interrupt_unfinished(session: Session) -> int:
             code="interrupted",
             message="the server restarted while this reply was generated",
         )
-    return len(rows)
+    return [(req.user_id, req.client_request_id, req.conversation_id) for req in rows]
 
 
 # --- worker side ---------------------------------------------------------------------------------------------
@@ -528,6 +650,7 @@ class Job:
     trimmed: int
     prompt_estimate: int
     enqueued_at: datetime
+    client_request_id: str = ""
 
 
 def _context(session: Session, req: ChatRequest) -> list[dict[str, str]]:
@@ -563,25 +686,15 @@ def trim_context(messages: list[dict[str, str]], *, budget: int) -> tuple[list[d
     return system + kept, len(rest) - len(kept)
 
 
-def start_job(session: Session, *, request_id: str, worker: str, attempt: int) -> Job | None:
-    """Mark the request generating and build its context (trimmed to the budget). None when it is gone."""
+@readonly
+def load_job(session: Session, *, request_id: str) -> Job | None:
+    """The request and its context (trimmed to the budget), read only. None when it is gone."""
     req = session.get(ChatRequest, request_id)
     if req is None:
         return None
     chat = settings()
     max_tokens = min(int(req.params.get("max_tokens") or chat.max_tokens), chat.max_tokens)
     messages, trimmed = trim_context(_context(session, req), budget=chat.context_tokens - max_tokens)
-    if req.state not in FINISHED_STATES:
-        req.state = "generating"
-        req.deliveries = max(req.deliveries, attempt)
-        req.attempt = attempt
-        req.worker = worker
-        req.started_at = req.started_at or utcnow()
-        if req.assistant_message_id:
-            msg = session.get(Message, req.assistant_message_id)
-            if msg is not None:
-                msg.attempt, msg.content, msg.status = attempt, "", "streaming"
-        session.flush()
     return Job(
         request_id=req.id,
         kind=req.kind,
@@ -595,7 +708,33 @@ def start_job(session: Session, *, request_id: str, worker: str, attempt: int) -
         trimmed=trimmed,
         prompt_estimate=sum(message_tokens(m) for m in messages),
         enqueued_at=req.enqueued_at,
+        client_request_id=req.client_request_id,
     )
+
+
+def mark_started(
+    session: Session, *, request_id: str, worker: str, attempt: int, started_at: datetime | None = None
+) -> None:
+    """The worker's start bookkeeping (state `generating`, delivery count, an emptied reply for a new attempt).
+
+    The worker queues it without waiting (it is off the first-token path); the chat-db thread runs it before
+    the partial and final writes queued after it. A finished request is left alone."""
+    session.execute(
+        _MARK_STARTED,
+        {"rid": request_id, "attempt": attempt, "worker": worker, "now": started_at or utcnow()},
+    )
+    if attempt > 1:
+        session.execute(_RESET_REPLY, {"rid": request_id, "attempt": attempt})
+
+
+def start_job(session: Session, *, request_id: str, worker: str, attempt: int) -> Job | None:
+    """`load_job` then `mark_started` in one transaction (kept for callers that want both at once)."""
+    job = load_job(session, request_id=request_id)
+    if job is not None and job.state not in FINISHED_STATES:
+        mark_started(session, request_id=request_id, worker=worker, attempt=attempt)
+        session.expire_all()
+        job.state = "generating"
+    return job
 
 
 def save_partial(
@@ -607,17 +746,9 @@ def save_partial(
     first_token_at: datetime | None,
 ) -> None:
     if message_id:
-        session.execute(
-            update(Message)
-            .where(Message.id == message_id, Message.status == "streaming")
-            .values(content=content)
-        )
+        session.execute(_SAVE_PARTIAL, {"mid": message_id, "content": content})
     if first_token_at is not None:
-        session.execute(
-            update(ChatRequest)
-            .where(ChatRequest.id == request_id, ChatRequest.first_token_at.is_(None))
-            .values(first_token_at=first_token_at)
-        )
+        session.execute(_FIRST_TOKEN, {"rid": request_id, "at": first_token_at})
 
 
 def finish_job(
@@ -632,37 +763,48 @@ def finish_job(
     first_token_at: datetime | None = None,
     error_code: str | None = None,
     error_message: str | None = None,
-) -> ChatRequest | None:
-    """The final assistant row (overwritten, never inserted twice) and the request's end state."""
-    req = session.get(ChatRequest, request_id)
-    if req is None:
-        return None
+    job: Job | None = None,
+) -> None:
+    """The final assistant row (overwritten, never inserted twice) and the request's end state.
+
+    Three UPDATEs by primary key; `job` (the worker's) saves reading the request first."""
+    if job is None:
+        job = load_job(session, request_id=request_id)
+        if job is None:
+            return
     now = utcnow()
-    req.state = state
-    req.finished_at = now
-    req.first_token_at = req.first_token_at or first_token_at
-    req.tokens_in, req.tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    req.error_code, req.error_message = error_code, (error_message or None)
-    if req.kind == "api" and not settings().store_api_requests:
-        req.params = {k: v for k, v in req.params.items() if k != "messages"}
-    if req.assistant_message_id:
-        msg = session.get(Message, req.assistant_message_id)
-        if msg is not None:
-            msg.content = content
-            msg.status = {"done": "complete", "cancelled": "cancelled"}.get(state, "error")
-            msg.finish_reason = finish_reason
-            msg.tokens_in, msg.tokens_out = req.tokens_in, req.tokens_out
-            msg.runtime = runtime
-            msg.error_code = error_code
-            msg.completed_at = now
-    if req.conversation_id:
-        conv = session.get(Conversation, req.conversation_id)
-        if conv is not None:
-            conv.updated_at = now
-    session.flush()
-    return req
+    tokens_in, tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    common = {"now": now, "tokens_in": tokens_in, "tokens_out": tokens_out, "error_code": error_code}
+    if job.kind == "api" and not settings().store_api_requests:
+        params = {k: v for k, v in job.params.items() if k != "messages"}
+        session.execute(update(_REQ).where(_REQ.c.id == request_id).values(params=params))
+    session.execute(
+        _FINISH_REQ,
+        {
+            **common,
+            "rid": request_id,
+            "state": state,
+            "first_token_at": first_token_at,
+            "error_message": error_message or None,
+        },
+    )
+    if job.assistant_message_id:
+        session.execute(
+            _FINISH_MSG,
+            {
+                **common,
+                "mid": job.assistant_message_id,
+                "content": content,
+                "status": {"done": "complete", "cancelled": "cancelled"}.get(state, "error"),
+                "finish_reason": finish_reason,
+                "runtime": runtime,
+            },
+        )
+    if job.conversation_id:
+        session.execute(_TOUCH_CONV, {"cid": job.conversation_id, "now": now})
 
 
+@readonly
 def done_frame(session: Session, *, request_id: str) -> dict[str, Any] | None:
     """The terminal frame of a finished request, rebuilt from SQL (resume past an expired buffer)."""
     req = session.get(ChatRequest, request_id)
@@ -729,6 +871,7 @@ def export_conversation(session: Session, *, user_id: int, conversation_id: str,
     return json.dumps(body, ensure_ascii=False, indent=2)
 
 
+@readonly
 def stats(session: Session) -> dict[str, int]:
     from sqlalchemy import func
 

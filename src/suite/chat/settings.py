@@ -55,6 +55,9 @@ class ChatSettings(Section):
     coalesce_ms: float = Field(30.0, ge=0)
     coalesce_tokens: int = Field(16, ge=1)
     conv_lock_ms: int = Field(300_000, ge=1000)
+    shutdown_grace_s: float = Field(
+        3.0, ge=0, description="at shutdown, replies in progress get this long to finish before they stop"
+    )
     # sockets
     send_timeout_s: float = Field(10.0, gt=0)
     auth_timeout_s: float = Field(5.0, gt=0)

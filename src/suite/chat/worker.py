@@ -13,18 +13,21 @@ import os
 import random
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from suite.chat import service
-from suite.chat.broker.base import Broker, BrokerUnavailable, Entry
-from suite.chat.db import run_db
+from suite.chat import notify, service
+from suite.chat.broker.base import Broker, BrokerUnavailable, Entry, Frame
+from suite.chat.db import drain_db, readonly, run_db, submit_db
 from suite.chat.llm import Failure, classify, get_provider, runtime_of
 from suite.chat.models import FINISHED_STATES
+from suite.chat.runtime import take_job, worker_started, worker_stopped
 from suite.chat.settings import ChatSettings
 from suite.core.db import utcnow
 
 log = logging.getLogger("suite.chat.worker")
+CANCEL_POLL_S = 0.5  # while the provider is silent, a cancel is noticed within this long
 
 
 class _Failed(Exception):
@@ -89,23 +92,30 @@ class ChatWorker:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[Any]] = []
         self._stopping = False
+        self._writes: set[asyncio.Future[Any]] = set()
+        self._hooks: dict[str, Any] = {}  # request id -> the start bookkeeping, run after its first write
+        self._local_slot: asyncio.Semaphore | None = None
         self.runtime: str | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
+        worker_started()
         self._loops = [
             asyncio.create_task(self._claim_loop(), name=f"chat-claim-{self.name}"),
             asyncio.create_task(self._beat_loop(), name=f"chat-beat-{self.name}"),
             asyncio.create_task(self._janitor_loop(), name=f"chat-janitor-{self.name}"),
         ]
 
-    async def stop(self, *, interrupt: bool = False) -> None:
-        """Stop claiming; cancel replies in progress (their entries stay pending for another worker, or with
-        `interrupt` (the in-process broker) they end `interrupted`, partial text kept)."""
+    async def stop(self, *, interrupt: bool = False, grace_s: float = 0.0) -> None:
+        """Stop claiming (and the janitor and heartbeats); give replies in progress `grace_s` to finish, then
+        cancel the rest (their entries stay pending for another worker, or with `interrupt` (the in-process
+        broker) they end `interrupted`, partial text kept)."""
         self._stopping = True
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        if grace_s > 0 and self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace_s)
         active = list(self.active.values())
         for task in list(self._tasks):
             task.cancel()
@@ -113,18 +123,26 @@ class ChatWorker:
         if interrupt:
             for entry in active:
                 with contextlib.suppress(Exception):
-                    await run_db(
+                    req = await run_db(
                         service.fail_request,
                         request_id=entry.request_id,
                         state="interrupted",
                         code="interrupted",
                         message="the server stopped while this reply was generated",
                     )
+                    _notify_failed(req)
                     await self.broker.reply_append(
                         entry.request_id, "error", {"code": "interrupted", "message": "the server stopped"}
                     )
         with contextlib.suppress(Exception):
             await self.broker.worker_gone(self.name)
+        if self._writes:  # queued partial writes and start bookkeeping: let them land
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await drain_db()
+        if self._loops:
+            worker_stopped()
+            self._loops = []
 
     async def run_forever(self) -> None:
         await self.start()
@@ -235,9 +253,7 @@ class ChatWorker:
                 return
             self.active[entry.id] = entry
             try:
-                job = await run_db(
-                    service.start_job, request_id=rid, worker=self.name, attempt=entry.deliveries
-                )
+                job = await self._load(rid)
                 if job is None:  # the conversation was deleted
                     await self.broker.ack(entry)
                     return
@@ -248,6 +264,7 @@ class ChatWorker:
                 await self.broker.ack(entry)
             finally:
                 self.active.pop(entry.id, None)
+                self._hooks.pop(rid, None)
                 with contextlib.suppress(Exception):
                     await self.broker.inflight_release(rid, self.name)
         except asyncio.CancelledError:
@@ -261,6 +278,28 @@ class ChatWorker:
             with contextlib.suppress(Exception):
                 await run_db(_note_error, request_id=rid, message=f"{type(exc).__name__}: {exc}")
 
+    async def _load(self, rid: str) -> service.Job | None:
+        """The job's context: handed over by the runtime of this process (read in the same transaction that
+        created the request), else one read."""
+        prepared = take_job(rid)
+        if prepared is not None:
+            try:
+                job = await prepared
+            except Exception:
+                job = None
+            if job is not None:
+                return job
+        return await run_db(service.load_job, request_id=rid)
+
+    def _first_write_done(self, rid: str) -> None:
+        hook = self._hooks.pop(rid, None)
+        if hook is not None:
+            hook()
+
+    def _background(self, future: asyncio.Future[Any]) -> None:
+        self._writes.add(future)
+        future.add_done_callback(self._writes.discard)
+
     async def _dead_letter(self, entry: Entry) -> None:
         rid = entry.request_id
         req_error = await run_db(_last_error, request_id=rid)
@@ -268,6 +307,7 @@ class ChatWorker:
         req = await run_db(
             service.fail_request, request_id=rid, state="dead", code="provider_error", message=error
         )
+        _notify_failed(req)
         await self.broker.reply_append(
             rid, "error", {"code": "provider_error", "message": f"the request failed repeatedly: {error}"}
         )
@@ -287,17 +327,54 @@ class ChatWorker:
         if job.conversation_id:
             await self.broker.lock_release(f"conv:{job.conversation_id}", job.request_id)
 
+    def _slot(self, model: str) -> Any:
+        """Requests for the in-process `local` model run one at a time (one model per process, serialised by its
+        engine anyway): the others stay `queued`, which is the truth, and their wait counts as queue time."""
+        try:
+            kind = getattr(get_provider(model), "kind", None)
+        except Exception:
+            kind = None
+        if kind != "local":
+            return contextlib.nullcontext()
+        if self._local_slot is None:
+            self._local_slot = asyncio.Semaphore(1)
+        return self._local_slot
+
     async def _generate(self, entry: Entry, job: service.Job) -> None:
+        async with self._slot(job.model):
+            await self._generate_now(entry, job)
+
+    async def _generate_now(self, entry: Entry, job: service.Job) -> None:
         rid = job.request_id
         s = self.s
         attempt = entry.deliveries
         started = time.monotonic()
         queue_ms = max(0.0, (utcnow() - job.enqueued_at).total_seconds() * 1000)
-        if attempt > 1:
-            await self.broker.reply_append(rid, "reset", {"attempt": attempt}, create=False)
-        await self.broker.reply_append(
-            rid, "status", {"state": "generating", "attempt": attempt}, create=False
-        )
+        # The start bookkeeping is queued after the first write (the status frame, or it with the first token), not
+        # awaited: the first token neither waits for a transaction nor competes with one for the interpreter, and
+        # the chat-db thread still runs it before this request's partial and final writes (FIFO).
+        started_at = utcnow()
+
+        def bookkeeping() -> None:
+            notify.request_state(
+                job.user_id,
+                request_id=job.client_request_id,
+                conversation_id=job.conversation_id,
+                state="generating",
+            )
+            self._background(
+                submit_db(
+                    service.mark_started,
+                    request_id=rid,
+                    worker=self.name,
+                    attempt=attempt,
+                    started_at=started_at,
+                )
+            )
+
+        self._hooks[rid] = bookkeeping
+        initial = [("reset", Frame.encode({"attempt": attempt}))] if attempt > 1 else []
+        initial.append(("status", Frame.encode({"state": "generating", "attempt": attempt})))
         params = job.params
         parts: list[str] = []
         finish_reason = "stop"
@@ -308,14 +385,12 @@ class ChatWorker:
         state = "done"
         failure: Failure | None = None
         retries = 0
-        if await self.broker.is_cancelled(rid):
-            state, finish_reason = "cancelled", "cancelled"
         while state != "cancelled":
             try:
                 provider = get_provider(job.model)
                 runtime = runtime_of(provider)
                 self.runtime = runtime
-                out = await self._stream(rid, job, provider, params, parts, started)
+                out = await self._stream(rid, job, provider, params, parts, started, initial)
                 finish_reason, usage, first_token_at, ttft_ms, cancelled = out
                 if cancelled:
                     state, finish_reason = "cancelled", "cancelled"
@@ -327,12 +402,20 @@ class ChatWorker:
                     delay = s.retry_backoff_s * 2 ** (retries - 1) * (0.75 + random.random() / 2)
                     if f.retry_after:
                         delay = max(delay, f.retry_after)
-                    await self.broker.reply_append(
-                        rid,
-                        "status",
-                        {"state": "retrying", "attempt": retries, "retry_after": round(delay, 3)},
-                        create=False,
+                    initial.append(
+                        (
+                            "status",
+                            Frame.encode(
+                                {"state": "retrying", "attempt": retries, "retry_after": round(delay, 3)}
+                            ),
+                        )
                     )
+                    _, cancelled_now = await self.broker.reply_extend(rid, initial, create=False)
+                    self._first_write_done(rid)
+                    initial.clear()
+                    if cancelled_now:
+                        state, finish_reason = "cancelled", "cancelled"
+                        break
                     await asyncio.sleep(delay)
                     continue
                 failure, state = f, "error"
@@ -348,6 +431,7 @@ class ChatWorker:
             "prompt_tokens": int(usage.get("prompt_tokens") or job.prompt_estimate),
             "completion_tokens": int(usage.get("completion_tokens") or len(parts)),
         }
+        self._first_write_done(rid)  # nothing was written (cancelled at once, failed): the bookkeeping now
         await run_db(
             service.finish_job,
             request_id=rid,
@@ -359,8 +443,14 @@ class ChatWorker:
             first_token_at=first_token_at,
             error_code=failure.code if failure else None,
             error_message=failure.message if failure else None,
+            job=job,
         )
         total_ms = (time.monotonic() - started) * 1000
+        notify.request_state(
+            job.user_id, request_id=job.client_request_id, conversation_id=job.conversation_id, state=state
+        )
+        if job.conversation_id:
+            notify.conversation(job.user_id, conversation_id=job.conversation_id, action="updated")
         if job.conversation_id:  # before the last frame: a client that sends on `done` must not meet `busy`
             await self.broker.lock_release(f"conv:{job.conversation_id}", rid)
         if failure is not None:
@@ -404,127 +494,174 @@ class ChatWorker:
         params: dict[str, Any],
         parts: list[str],
         started: float,
+        initial: list[tuple[str, str]],
     ) -> tuple[str, dict[str, int], Any, float | None, bool]:
-        """Pump the provider into a queue (so waits can time out without breaking the generator) and write
-        coalesced deltas: every `coalesce_ms` or `coalesce_tokens`, the first token at once."""
+        """Pump the provider into a buffer (so waits can time out without breaking the generator) and write
+        delta frames of at most `coalesce_tokens` tokens, at least every `coalesce_ms`, the first token at
+        once. Every token already available is taken before a write, and one `reply_extend` call writes all
+        the frames that are ready (one Redis round trip per flush, which also answers "cancelled?").
+        `initial` frames (status, reset) travel with the first write."""
         s = self.s
         kwargs = {
             k: params[k]
             for k in ("max_tokens", "temperature", "top_p", "stop", "seed")
             if params.get(k) is not None
         }
-        stream = provider.stream_chat(job.messages, **kwargs)
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        pump = asyncio.create_task(_pump(stream, queue))
-        memory = self.broker.kind == "memory"
+        items: deque[tuple[str, Any]] = deque()
+        ready = asyncio.Event()
+        pump = asyncio.create_task(_pump(provider.stream_chat(job.messages, **kwargs), items, ready))
+        coalesce_s = s.coalesce_ms / 1000
+        per_frame = s.coalesce_tokens
+        out: list[tuple[str, str]] = initial[:]  # taken: the caller must not write them again
+        initial.clear()
         buf: list[str] = []
-        last_flush = time.monotonic()
-        last_persist = last_flush
-        persist_task: asyncio.Task[Any] | None = None
+        last_flush = last_item = last_persist = time.monotonic()
+        persist: asyncio.Future[Any] | None = None
         first_token_at = None
         ttft_ms = None
         finish_reason = "stop"
         usage: dict[str, int] = {}
         cancelled = False
         first_timeout = max(s.chunk_timeout_s, 120.0)
+        urgent = bool(out)  # the status frame goes out now unless a token is ready to travel with it
 
-        async def flush() -> None:
-            nonlocal last_flush, buf
+        def cut() -> None:
+            nonlocal buf
             if buf:
-                await self.broker.reply_append(rid, "delta", {"text": "".join(buf)}, create=False)
+                out.append(("delta", Frame.encode({"text": "".join(buf)})))
                 buf = []
-            last_flush = time.monotonic()
 
         try:
+            await asyncio.sleep(0)  # let the provider start: a token ready now goes with the status frame
+            ended = False
             while True:
+                while items:
+                    kind, item = items.popleft()
+                    last_item = time.monotonic()
+                    if kind == "error":
+                        cut()
+                        failure = classify(item)
+                        if failure is None:
+                            raise item
+                        raise _Failed(failure, after_first_token=first_token_at is not None)
+                    if kind == "end":
+                        ended = True
+                        break
+                    delta = item.delta
+                    if delta:
+                        parts.append(delta)
+                        buf.append(delta)
+                        if len(buf) >= per_frame:
+                            cut()
+                        if first_token_at is None:
+                            first_token_at = utcnow()
+                            ttft_ms = (time.monotonic() - started) * 1000
+                            urgent = True
+                    if item.finish_reason:
+                        finish_reason = str(item.finish_reason)
+                        if item.usage is not None:
+                            usage = {
+                                "prompt_tokens": item.usage.prompt_tokens,
+                                "completion_tokens": item.usage.completion_tokens,
+                            }
+                    if delta and ttft_ms is not None and len(parts) == 1:
+                        break  # the first token goes out alone, at once; the rest in the next write
+                if ended:
+                    break
                 now = time.monotonic()
-                timeout = s.chunk_timeout_s if first_token_at else first_timeout
-                coalescing = bool(buf)
-                if coalescing:
-                    timeout = min(timeout, max(0.0, s.coalesce_ms / 1000 - (now - last_flush)))
-                try:
-                    if queue.empty():
-                        async with asyncio.timeout(timeout):
-                            kind, item = await queue.get()
-                    else:
-                        kind, item = queue.get_nowait()
-                except TimeoutError:
-                    if coalescing:
-                        await flush()
-                        if await self.broker.is_cancelled(rid):
-                            cancelled = True
-                            break
-                        continue
+                if buf and (urgent or now - last_flush >= coalesce_s):
+                    cut()
+                if out:
+                    frames, out = out, []
+                    urgent = False
+                    last_flush = now
+                    _, cancelled = await self.broker.reply_extend(rid, frames, create=False)
+                    self._first_write_done(rid)
+                    if cancelled:
+                        break
+                    if (
+                        job.assistant_message_id
+                        and now - last_persist >= s.persist_every_s
+                        and (persist is None or persist.done())
+                    ):
+                        last_persist = now
+                        persist = submit_db(
+                            service.save_partial,
+                            request_id=rid,
+                            message_id=job.assistant_message_id,
+                            content="".join(parts),
+                            first_token_at=first_token_at,
+                        )
+                        self._background(persist)
+                    continue
+                # nothing to write: wait for the provider
+                limit = s.chunk_timeout_s if first_token_at else first_timeout
+                silent = now - last_item
+                if buf:
+                    wait = max(0.0, coalesce_s - (now - last_flush))
+                else:
+                    wait = min(limit - silent, CANCEL_POLL_S)
+                if not items:
+                    ready.clear()
+                    try:
+                        async with asyncio.timeout(max(wait, 0.0)):
+                            await ready.wait()
+                    except TimeoutError:
+                        pass
+                if items or buf:
+                    continue
+                if time.monotonic() - last_item >= limit:
                     raise _Failed(
-                        Failure("provider_timeout", f"no token from the provider for {timeout:g} s", False),
+                        Failure("provider_timeout", f"no token from the provider for {limit:g} s", False),
                         after_first_token=first_token_at is not None,
                     )
-                if kind == "error":
-                    failure = classify(item)
-                    if failure is None:
-                        raise item
-                    raise _Failed(failure, after_first_token=first_token_at is not None)
-                if kind == "end":
-                    break
-                delta = getattr(item, "delta", "") or ""
-                if delta:
-                    parts.append(delta)
-                    buf.append(delta)
-                    if first_token_at is None:
-                        first_token_at = utcnow()
-                        ttft_ms = (time.monotonic() - started) * 1000
-                        await flush()
-                if getattr(item, "finish_reason", None):
-                    finish_reason = str(item.finish_reason)
-                    u = getattr(item, "usage", None)
-                    if u is not None:
-                        usage = {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens}
-                now = time.monotonic()
-                if buf and (len(buf) >= s.coalesce_tokens or now - last_flush >= s.coalesce_ms / 1000):
-                    await flush()
-                    if not memory and await self.broker.is_cancelled(rid):
-                        cancelled = True
-                        break
-                if memory and await self.broker.is_cancelled(rid):
+                if await self.broker.is_cancelled(rid):
                     cancelled = True
                     break
-                if job.assistant_message_id and now - last_persist >= s.persist_every_s:
-                    last_persist = now
-                    if persist_task is None or persist_task.done():
-                        persist_task = asyncio.create_task(
-                            run_db(
-                                service.save_partial,
-                                request_id=rid,
-                                message_id=job.assistant_message_id,
-                                content="".join(parts),
-                                first_token_at=first_token_at,
-                            )
-                        )
-            await flush()
+            cut()
+            if out:
+                frames, out = out, []
+                await self.broker.reply_extend(rid, frames, create=False)
+        except _Failed:
+            # what was streamed stays consistent with what is stored: write the tokens taken so far
+            cut()
+            if out:
+                with contextlib.suppress(Exception):
+                    await self.broker.reply_extend(rid, out, create=False)
+            raise
         finally:
             pump.cancel()
             with contextlib.suppress(BaseException):
                 await pump
-            if persist_task is not None:
-                with contextlib.suppress(BaseException):
-                    await persist_task
         return finish_reason, usage, first_token_at, ttft_ms, cancelled
 
 
-async def _pump(stream: Any, queue: asyncio.Queue[tuple[str, Any]]) -> None:
+async def _pump(stream: Any, items: deque[tuple[str, Any]], ready: asyncio.Event) -> None:
     try:
         async for chunk in stream:
-            queue.put_nowait(("chunk", chunk))
-        queue.put_nowait(("end", None))
+            items.append(("chunk", chunk))
+            ready.set()
+        items.append(("end", None))
     except asyncio.CancelledError:
         raise
     except BaseException as exc:
-        queue.put_nowait(("error", exc))
+        items.append(("error", exc))
     finally:
+        ready.set()
         close = getattr(stream, "aclose", None)
         if close is not None:
             with contextlib.suppress(BaseException):
                 await close()
+
+
+def _notify_failed(req: Any) -> None:
+    if req is not None:
+        notify.request_state(
+            req.user_id,
+            request_id=req.client_request_id,
+            conversation_id=req.conversation_id,
+            state=req.state,
+        )
 
 
 def _note_error(session: Any, *, request_id: str, message: str) -> None:
@@ -535,6 +672,7 @@ def _note_error(session: Any, *, request_id: str, message: str) -> None:
         req.error_message = message[:2000]
 
 
+@readonly
 def _last_error(session: Any, *, request_id: str) -> str | None:
     from suite.chat.models import ChatRequest
 

@@ -37,6 +37,28 @@ CLOSE_TOO_BIG, CLOSE_INTERNAL, CLOSE_TRY_LATER, CLOSE_AUTH, CLOSE_SLOW = 1009, 1
 SECRET_PARAMS = {"token", "access_token", "api_key", "key", "auth"}
 
 _connections = 0
+_live: set[Connection] = set()  # open, authenticated sockets (closed with 1001 at shutdown)
+_draining = False
+
+
+def set_draining(value: bool) -> None:
+    """While draining (shutdown), new sockets are closed 1013 (try again later: another server)."""
+    global _draining
+    _draining = value
+
+
+async def close_all(code: int = 1001, reason: str = "server shutdown", *, timeout: float = 2.0) -> int:
+    """Close every open chat socket with `code` and wait (up to `timeout`) until they are closed."""
+    conns = list(_live)
+    for conn in conns:
+        conn.close(code, reason)
+    waits = [asyncio.ensure_future(c.finished.wait()) for c in conns]
+    if waits:
+        _, pending = await asyncio.wait(waits, timeout=timeout)
+        for w in pending:
+            w.cancel()
+    return len(conns)
+
 
 ERROR_CODES = {
     "too_large": "too_large",
@@ -157,6 +179,9 @@ async def endpoint(ws: WebSocket) -> None:
         await ws.close(code=CLOSE_POLICY)  # before accept: the client sees HTTP 403
         return
     await ws.accept()
+    if _draining:
+        await _close(ws, CLOSE_TRY_LATER, "the server is shutting down")
+        return
     if _connections >= chat.max_connections:
         await _close(ws, CLOSE_TRY_LATER, "too many connections")
         return
@@ -243,12 +268,15 @@ class Connection:
         self.bad = 0
         self.closing: int | None = None
         self._closed = asyncio.Event()
+        self.finished = asyncio.Event()
 
     # --- outbound -----------------------------------------------------------------------------------------
     def push(self, frame: dict[str, Any]) -> None:
+        self.push_raw(json.dumps(frame, ensure_ascii=False, separators=(",", ":")))
+
+    def push_raw(self, data: str) -> None:
         if self.closing is not None:
             return
-        data = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
         self.out_bytes += len(data)
         self.out.put_nowait(data)
         if self.out.qsize() > self.s.outbound_max_frames or self.out_bytes > self.s.outbound_max_bytes:
@@ -297,6 +325,7 @@ class Connection:
         sender = asyncio.create_task(self._sender())
         reader = asyncio.create_task(self._reader())
         closed = asyncio.create_task(self._closed.wait())
+        _live.add(self)
         try:
             await asyncio.wait({sender, reader, closed}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -314,6 +343,8 @@ class Connection:
                 if self.closing == CLOSE_SLOW:
                     log.warning("closing slow websocket of user %s", self.user_id)
                 await _close(self.ws, self.closing, getattr(self, "_close_reason", ""))
+            _live.discard(self)
+            self.finished.set()
 
     async def _reader(self) -> None:
         while True:
@@ -420,10 +451,10 @@ class Connection:
 
     async def _tail(self, request_id: str, client_request_id: str, after_seq: int) -> None:
         try:
-            async for frame in self.runtime.frames(
+            async for _, text in self.runtime.wire_frames(
                 request_id=request_id, client_request_id=client_request_id, after_seq=after_seq
             ):
-                self.push(frame)
+                self.push_raw(text)
         except asyncio.CancelledError:
             raise
         except SuiteError as exc:

@@ -66,7 +66,11 @@ class MemoryBroker:
         return {"ok": True, "kind": self.kind}
 
     # --- queue ----------------------------------------------------------------------------------------
-    async def submit(self, request_id: str, fields: dict[str, str]) -> str:
+    async def submit(
+        self, request_id: str, fields: dict[str, str], *, status: dict[str, Any] | None = None
+    ) -> str:
+        if status is not None:
+            await self.reply_extend(request_id, [("status", Frame.encode(status))])
         entry_id = f"{int(time.time() * 1000)}-{next(self._ids)}"
         self._entries[entry_id] = (request_id, {**fields, "request_id": request_id})
         self._queue.append(entry_id)
@@ -102,7 +106,8 @@ class MemoryBroker:
             if remaining <= 0:
                 return []
             try:
-                await asyncio.wait_for(self._queued.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._queued.wait()
             except TimeoutError:
                 return []
 
@@ -205,18 +210,26 @@ class MemoryBroker:
     async def reply_append(
         self, request_id: str, type: str, data: dict[str, Any], *, create: bool = True
     ) -> int:
+        seq, _ = await self.reply_extend(request_id, [(type, Frame.encode(data))], create=create)
+        return seq
+
+    async def reply_extend(
+        self, request_id: str, frames: list[tuple[str, str]], *, create: bool = True
+    ) -> tuple[int, bool]:
         reply = self._reply(request_id)
         if reply is None:
             if not create:
                 raise BrokerUnavailable(f"the reply stream of {request_id} is gone")
             reply = _Reply(deque(maxlen=self.settings.max_tokens + 100))
             self._replies[request_id] = reply
-        reply.seq += 1
-        reply.frames.append(Frame(reply.seq, type, data))
+        for type, raw in frames:
+            reply.seq += 1
+            reply.frames.append(Frame(reply.seq, type, raw=raw))
         reply.expires_at = _now() + self.settings.reply_ttl_s
-        event, reply.event = reply.event, asyncio.Event()
-        event.set()
-        return reply.seq
+        if frames:
+            event, reply.event = reply.event, asyncio.Event()
+            event.set()
+        return reply.seq, await self.is_cancelled(request_id)
 
     async def reply_read(self, request_id: str, after_seq: int, *, block_ms: int = 0) -> ReplyRead:
         deadline = _now() + block_ms / 1000
@@ -224,17 +237,21 @@ class MemoryBroker:
             reply = self._reply(request_id)
             if reply is None:
                 return ReplyRead([], exists=False)
-            frames = [f for f in reply.frames if f.seq > after_seq]
-            if frames or block_ms <= 0:
-                gap = bool(frames) and frames[0].seq > after_seq + 1
-                if not frames and reply.frames and reply.frames[0].seq > after_seq + 1:
-                    gap = True
+            kept = reply.frames
+            if kept and kept[-1].seq > after_seq:
+                # seqs in the buffer are contiguous: slice from the first one after `after_seq`
+                start = max(0, after_seq + 1 - kept[0].seq)
+                frames = list(itertools.islice(kept, start, None))
+                gap = frames[0].seq > after_seq + 1
                 return ReplyRead(frames, exists=True, gap=gap, last_seq=reply.seq)
+            if block_ms <= 0:
+                return ReplyRead([], exists=True, last_seq=reply.seq)
             remaining = deadline - _now()
             if remaining <= 0:
                 return ReplyRead([], exists=True, last_seq=reply.seq)
             try:
-                await asyncio.wait_for(reply.event.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await reply.event.wait()
             except TimeoutError:
                 return ReplyRead([], exists=True, last_seq=reply.seq)
 
@@ -289,6 +306,16 @@ class MemoryBroker:
             self._strings.pop(key, None)
             return True
         return False
+
+    async def lock_and_rate(
+        self, name: str, holder: str, ttl_ms: int, *, rate_key: str, limit: int, window_s: int = 60
+    ) -> tuple[bool, float | None]:
+        if not await self.lock_acquire(name, holder, ttl_ms):
+            return False, None
+        retry = await self.rate_hit(rate_key, limit=limit, window_s=window_s)
+        if retry is not None:
+            await self.lock_release(name, holder)
+        return True, retry
 
     async def lock_holder(self, name: str) -> str | None:
         return self._get(f"lock:{name}")

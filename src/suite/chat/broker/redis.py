@@ -27,17 +27,35 @@ T = TypeVar("T")
 GROUP = "workers"
 
 # seq = INCR of a counter key; the entry id is "<seq>-0" so XREAD from "<after_seq>-0" returns seq > after_seq.
+# One call appends every frame of a flush and answers whether a cancel was requested, so the worker makes one
+# round trip per flush. KEYS: stream, seq counter, cancel flag. ARGV: maxlen, ttl, create, then type/data pairs.
 APPEND_LUA = """
-if ARGV[5] == '0' and redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
-local seq = redis.call('INCR', KEYS[2])
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'type', ARGV[2], 'data', ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-return seq
+if ARGV[3] == '0' and redis.call('EXISTS', KEYS[2]) == 0 then return {-1, 0} end
+local n = (#ARGV - 3) / 2
+local seq = redis.call('INCRBY', KEYS[2], n) - n
+for i = 4, #ARGV, 2 do
+  seq = seq + 1
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'type', ARGV[i], 'data', ARGV[i + 1])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return {seq, redis.call('EXISTS', KEYS[3])}
 """
 RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+# Lock, then (only when locked) count a rate-limit hit; over the limit release the lock. Returns -1 busy,
+# 0 locked but over the limit (released), 1 locked. KEYS: lock, rate counter. ARGV: holder, ttl_ms, limit, ttl_s.
+LOCK_AND_RATE_LUA = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return -1 end
+local n = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+if n > tonumber(ARGV[3]) then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+return 1
 """
 ACQUIRE_INFLIGHT_LUA = """
 local cur = redis.call('GET', KEYS[1])
@@ -71,6 +89,7 @@ class RedisBroker:
         self._append = self.client.register_script(APPEND_LUA)
         self._release = self.client.register_script(RELEASE_LUA)
         self._inflight = self.client.register_script(ACQUIRE_INFLIGHT_LUA)
+        self._lock_and_rate = self.client.register_script(LOCK_AND_RATE_LUA)
         self._cursor = "0-0"
         self.reclaimed = 0
         self.dead_lettered = 0
@@ -121,13 +140,26 @@ class RedisBroker:
         return {"ok": has_group, "kind": self.kind, "group": has_group}
 
     # --- queue ----------------------------------------------------------------------------------------
-    async def submit(self, request_id: str, fields: dict[str, str]) -> str:
+    async def submit(
+        self, request_id: str, fields: dict[str, str], *, status: dict[str, Any] | None = None
+    ) -> str:
         data = {**fields, "request_id": request_id}
-        return await self._call(
-            lambda: self.client.xadd(
-                self.req_key, data, maxlen=self.settings.request_maxlen, approximate=True
+        if status is None:
+            return await self._call(
+                lambda: self.client.xadd(
+                    self.req_key, data, maxlen=self.settings.request_maxlen, approximate=True
+                )
             )
-        )
+
+        async def both() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            keys, args = self._append_args(request_id, [("status", Frame.encode(status))], create=True)
+            await self._append(keys=keys, args=args, client=pipe)
+            pipe.xadd(self.req_key, data, maxlen=self.settings.request_maxlen, approximate=True)
+            return await pipe.execute()
+
+        _, entry_id = await self._call(both)
+        return str(entry_id)
 
     async def queue_lag(self) -> int | None:
         try:
@@ -267,25 +299,34 @@ class RedisBroker:
     def reply_key(self, request_id: str) -> str:
         return f"{self.prefix}reply:{request_id}"
 
+    def _append_args(
+        self, request_id: str, frames: list[tuple[str, str]], *, create: bool
+    ) -> tuple[list[str], list[Any]]:
+        key = self.reply_key(request_id)
+        keys = [key, key + ":seq", f"{self.prefix}cancel:{request_id}"]
+        args: list[Any] = [self.settings.max_tokens + 100, self.settings.reply_ttl_s, int(create)]
+        for type, raw in frames:
+            args += [type, raw]
+        return keys, args
+
     async def reply_append(
         self, request_id: str, type: str, data: dict[str, Any], *, create: bool = True
     ) -> int:
         """Append a frame; with `create=False` (the worker) a vanished stream (Redis lost its data) is an
         error rather than a new stream whose seq would restart at 1 under a client that already read further."""
-        key = self.reply_key(request_id)
-        args = [
-            self.settings.max_tokens + 100,
-            type,
-            Frame.encode(data),
-            self.settings.reply_ttl_s,
-            int(create),
-        ]
-        seq = int(await self._call(lambda: self._append(keys=[key, key + ":seq"], args=args)))
-        if seq < 0:
+        seq, _ = await self.reply_extend(request_id, [(type, Frame.encode(data))], create=create)
+        return seq
+
+    async def reply_extend(
+        self, request_id: str, frames: list[tuple[str, str]], *, create: bool = True
+    ) -> tuple[int, bool]:
+        keys, args = self._append_args(request_id, frames, create=create)
+        seq, cancelled = await self._call(lambda: self._append(keys=keys, args=args))
+        if int(seq) < 0:
             raise BrokerUnavailable(
                 f"the reply stream of {request_id} is gone (Redis restarted without persistence?)"
             )
-        return seq
+        return int(seq), bool(cancelled)
 
     async def reply_read(self, request_id: str, after_seq: int, *, block_ms: int = 0) -> ReplyRead:
         key = self.reply_key(request_id)
@@ -296,10 +337,10 @@ class RedisBroker:
         if not rows:
             exists = bool(await self._call(lambda: self.client.exists(key)))
             return ReplyRead([], exists=exists, last_seq=after_seq)
-        frames = []
-        for entry_id, fields in rows:
-            seq = int(entry_id.split("-", 1)[0])
-            frames.append(Frame(seq, fields.get("type", ""), json.loads(fields.get("data") or "{}")))
+        frames = [
+            Frame(int(entry_id.partition("-")[0]), fields.get("type", ""), raw=fields.get("data") or "{}")
+            for entry_id, fields in rows
+        ]
         return ReplyRead(frames, exists=True, gap=frames[0].seq > after_seq + 1, last_seq=frames[-1].seq)
 
     async def reply_last_seq(self, request_id: str) -> int | None:
@@ -328,6 +369,17 @@ class RedisBroker:
     async def lock_release(self, name: str, holder: str) -> bool:
         key = f"{self.prefix}lock:{name}"
         return bool(await self._call(lambda: self._release(keys=[key], args=[holder])))
+
+    async def lock_and_rate(
+        self, name: str, holder: str, ttl_ms: int, *, rate_key: str, limit: int, window_s: int = 60
+    ) -> tuple[bool, float | None]:
+        full, left = self._window(rate_key, window_s)
+        keys = [f"{self.prefix}lock:{name}", full]
+        args = [holder, ttl_ms, limit, window_s + 1]
+        result = int(await self._call(lambda: self._lock_and_rate(keys=keys, args=args)))
+        if result < 0:
+            return False, None
+        return True, (max(left, 0.001) if result == 0 else None)
 
     async def lock_holder(self, name: str) -> str | None:
         return await self._call(lambda: self.client.get(f"{self.prefix}lock:{name}"))
