@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import cached_property
 from types import TracebackType
 from typing import Any
@@ -479,6 +479,13 @@ def publish(topic: str, type: str, data: dict[str, Any] | None = None) -> Event:
     event = make_event(topic, type, data)
     get_bus().publish(event)
     return event
+
+
+def publish_many(batch: Iterable[Event]) -> None:
+    """Publish events made with `make_event`, in order."""
+    bus = get_bus()
+    for event in batch:
+        bus.publish(event)
 
 
 async def apublish(topic: str, type: str, data: dict[str, Any] | None = None) -> Event:
