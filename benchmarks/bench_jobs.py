@@ -2,17 +2,22 @@
 
 For each backend two consumers run in turn, each a subprocess with one worker thread and the same polling
 settings (max delay 0.1 s, Redis blocking reads): raw Huey (no jobs table), and `python -m suite worker`
-(core_job rows written by enqueue and the Huey hooks, job.status events). This process is the producer.
+(core_job rows written by enqueue and the Huey hooks, job.status events). This process is the producer. They
+take turns for ROUNDS rounds (raw, ours, raw, ours...), each round on fresh files and an empty Redis; the
+figures are medians over the rounds (each round's are kept), so a burst of load from elsewhere on the machine
+moves one round, not the comparison.
 
 - jobs/s: N no-op jobs queued back to back, then one that stamps a file; the clock stops when the file
-  appears (one worker thread: FIFO, so all N ran). Enqueue cost per job is reported too.
+  appears (one worker thread: FIFO, so all N ran). Enqueue cost per job is reported too. Ours also reports
+  `saved_jobs_per_s`, the clock stopped when the last job's row says `done` (a consumer saves job states in
+  batches, so rows can trail the tasks by up to its write interval).
 - pickup latency: after the consumer has idled (its polling delay at the maximum), the time from calling
   enqueue to the task starting (a wall-clock stamp written by the task). SqliteHuey polls, so a pickup waits
   for the next poll (0 to 0.1 s): the idle time has a random part, and the figure is a median.
 
-overhead = raw jobs/s / our jobs/s - 1 (target under 0.2). Redis: a redis-server is started on a free port
-unless SUITE_BENCH_REDIS_URL names one (its database is flushed). `python benchmarks/bench_jobs.py` prints
-the JSON result; SUITE_BENCH_QUICK=1 runs fewer jobs.
+overhead = raw jobs/s / our jobs/s - 1 (target under 0.2); overhead_saved uses saved_jobs_per_s. Redis: a
+redis-server is started on a free port unless SUITE_BENCH_REDIS_URL names one (its database is flushed).
+`python benchmarks/bench_jobs.py` prints the JSON result; SUITE_BENCH_QUICK=1 runs fewer jobs, one round.
 """
 
 from __future__ import annotations
@@ -39,8 +44,9 @@ from suite.core.tasks import enqueue, task
 HERE = Path(__file__).resolve().parent
 MODULE = "bench_jobs"  # the name both producer and consumers import this file under
 QUICK = os.environ.get("SUITE_BENCH_QUICK") == "1"
-JOBS = 150 if QUICK else 600
-PICKUPS = 6 if QUICK else 16
+JOBS = 300 if QUICK else 2000
+ROUNDS = 1 if QUICK else 3  # raw and ours take turns; figures are medians over the rounds
+PICKUPS = 6 if QUICK else 8
 IDLE_S = 0.3  # idle time before each pickup (plus a random part, so enqueues do not lock onto the poll phase)
 MAX_DELAY = 0.1  # both consumers (ours: jobs.max_polling_delay's default)
 
@@ -158,11 +164,12 @@ class Side:
         else:
             self.noop("raw")
 
-    def enqueue_stamp(self, path: Path) -> None:
+    def enqueue_stamp(self, path: Path) -> str | None:
+        """Queue a job that stamps `path`; ours: its job id."""
         if self.kind == "ours":
-            enqueue(self.ours.stamp, path=str(path))
-        else:
-            self.stamp("raw", path=str(path))
+            return str(enqueue(self.ours.stamp, path=str(path)).id)
+        self.stamp("raw", path=str(path))
+        return None
 
     def _stamp_path(self) -> Path:
         self._counter += 1
@@ -182,11 +189,34 @@ class Side:
         for _ in range(n):
             self.enqueue_noop()
         queued = time.perf_counter()
-        self.enqueue_stamp(path)
+        job_id = self.enqueue_stamp(path)
         assert self.proc is not None
         _wait_file(path, self.proc)
         elapsed = time.perf_counter() - t0
-        return {"jobs_per_s": round((n + 1) / elapsed, 1), "enqueue_ms": round((queued - t0) / n * 1000, 3)}
+        result = {"jobs_per_s": round((n + 1) / elapsed, 1), "enqueue_ms": round((queued - t0) / n * 1000, 3)}
+        if job_id is not None:
+            self._wait_saved(job_id)
+            result["saved_jobs_per_s"] = round((n + 1) / (time.perf_counter() - t0), 1)
+        return result
+
+    def _wait_saved(self, job_id: str) -> None:
+        """Until the job's row says done (FIFO and one writer: every earlier job's row is saved too). Read
+        outside a transaction: db.py's transactions take SQLite's write lock, which would slow the writer."""
+        from suite.core.db import get_engine
+
+        deadline = time.monotonic() + 10
+        raw = get_engine().raw_connection()
+        try:
+            cursor = raw.cursor()
+            while True:
+                cursor.execute("SELECT state FROM core_job WHERE id = ?", (job_id,))
+                if cursor.fetchone() == ("done",):
+                    return
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"job {job_id} not saved as done")
+                time.sleep(0.0005)
+        finally:
+            raw.close()
 
     def check_done(self, expected: int) -> None:
         """Ours: every job ended as done (the last one's row is written just after its task ran)."""
@@ -209,19 +239,41 @@ class Side:
 
 
 def measure(kind: str, backend: str, data: Path, redis_url: str | None) -> dict[str, Any]:
-    side = Side(kind, backend, data / f"{backend}-{kind}", redis_url)
+    """One round of one side: throughput, then pickup latencies (seconds, under "latencies")."""
+    side = Side(kind, backend, data, redis_url)
     with side.running():
-        result = side.throughput(JOBS)
+        result: dict[str, Any] = side.throughput(JOBS)
         side.check_done(JOBS + 2)  # the warm-up and the final stamp too
         latencies = []
         rng = random.Random(7)
         for _ in range(PICKUPS):
             time.sleep(IDLE_S + rng.uniform(0, MAX_DELAY))
             latencies.append(side.pickup())
+    result["latencies"] = latencies
+    return result
+
+
+def _summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the rounds (each round's figures kept), pickup latencies of all rounds together."""
+    keys = [k for k in rounds[0] if k != "latencies"]
+    result: dict[str, Any] = {k: round(statistics.median(r[k] for r in rounds), 3) for k in keys}
+    result["rounds"] = [{k: r[k] for k in keys} for r in rounds]
+    latencies = [x for r in rounds for x in r["latencies"]]
     result["pickup_ms_p50"] = round(statistics.median(latencies) * 1000, 2)
     result["pickup_ms_mean"] = round(statistics.fmean(latencies) * 1000, 2)
     result["pickup_ms_max"] = round(max(latencies) * 1000, 2)
     return result
+
+
+def compare(backend: str, data: Path, redis_url: str | None) -> dict[str, Any]:
+    """Raw and ours in turns (raw, ours, raw, ours...), each round on fresh files and an empty Redis."""
+    rounds: dict[str, list[dict[str, Any]]] = {"raw": [], "ours": []}
+    for i in range(ROUNDS):
+        for kind in ("raw", "ours"):
+            if redis_url:
+                _flush(redis_url)
+            rounds[kind].append(measure(kind, backend, data / f"{backend}-{kind}-{i}", redis_url))
+    return _compare(_summarise(rounds["raw"]), _summarise(rounds["ours"]))
 
 
 # --- redis ---------------------------------------------------------------------------------------------
@@ -279,6 +331,7 @@ def _compare(raw: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
         "raw": raw,
         "ours": ours,
         "overhead": round(raw["jobs_per_s"] / ours["jobs_per_s"] - 1, 3),
+        "overhead_saved": round(raw["jobs_per_s"] / ours.get("saved_jobs_per_s", ours["jobs_per_s"]) - 1, 3),
         "pickup_added_ms": round(ours["pickup_ms_p50"] - raw["pickup_ms_p50"], 2),
     }
 
@@ -288,24 +341,25 @@ def run() -> dict[str, Any]:
     started = time.perf_counter()
     results: dict[str, Any] = {
         "jobs": JOBS,
-        "pickups": PICKUPS,
+        "rounds": ROUNDS,
+        "pickups_per_round": PICKUPS,
         "workers": 1,
         "max_polling_delay_s": MAX_DELAY,
     }
     with tempfile.TemporaryDirectory(prefix="suite-bench-jobs-") as tmp:
         data = Path(tmp)
-        results["sqlite"] = _compare(
-            measure("raw", "sqlite", data, None), measure("ours", "sqlite", data, None)
-        )
+        results["sqlite"] = compare("sqlite", data, None)
         with redis_server(data) as url:
-            _flush(url)
-            raw = measure("raw", "redis", data, url)
-            _flush(url)
-            results["redis"] = _compare(raw, measure("ours", "redis", data, url))
+            results["redis"] = compare("redis", data, url)
     results["summary"] = {
         f"{backend}_{key}": results[backend][side][key] if side else results[backend][key]
         for backend in ("sqlite", "redis")
-        for key, side in (("jobs_per_s", "ours"), ("overhead", None), ("pickup_ms_p50", "ours"))
+        for key, side in (
+            ("jobs_per_s", "ours"),
+            ("overhead", None),
+            ("overhead_saved", None),
+            ("pickup_ms_p50", "ours"),
+        )
     }
     results["loadavg_before"] = [round(x, 2) for x in load_before]
     results["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]

@@ -99,3 +99,17 @@ def cancelled_then_fails(job_id: str) -> None:
     with session_scope() as session:
         session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
     raise RuntimeError("failed after the cancel")
+
+
+@task()
+def cancel_inside_transaction(job_id: str) -> str:
+    """Asks for its own cancellation, then reports progress while its own write transaction holds SQLite's
+    lock (as a task that hands its session and `progress` to a service does): the report must not wait out
+    the lock, and must still see the cancel."""
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+    report = progress(job_id)
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(message="inside the transaction"))
+        report(1, 2, "inside")
+    return "not reached"

@@ -140,7 +140,7 @@ def job_messages() -> Iterator[crypto.EncryptedColumn]:
     """A second registered column, as a domain would register its own (here: core_job.message)."""
     column = crypto.register_encrypted_column("core_job", "message", key="id")
     yield column
-    crypto._registry.pop(column.name)
+    crypto.columns._registry.pop(column.name)
 
 
 def by_key(session: Session) -> dict[str, dict[str, int]]:

@@ -227,6 +227,21 @@ def test_redis_publisher_in_another_process_reaches_this_one(redis_url: str) -> 
     run(main())
 
 
+@pytest.mark.parametrize("backend", ["local", "redis"])
+def test_publish_many_delivers_in_order(request: pytest.FixtureRequest, backend: str) -> None:
+    """A batch (the job events a worker publishes together): one Redis round trip, the order kept."""
+    if backend == "redis":
+        request.getfixturevalue("redis_url")
+
+    async def main() -> None:
+        async with events.subscribe("jobs.*") as sub:
+            batch = [events.make_event(f"jobs.{i % 2}", "job.progress", {"done": i}) for i in range(5)]
+            await asyncio.to_thread(events.publish_many, batch)
+            assert await take(sub, 5) == batch
+
+    run(main())
+
+
 def test_redis_down_publish_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -239,6 +254,8 @@ def test_redis_down_publish_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(Unavailable) as exc:
         events.publish("jobs.1", "job.status", {"state": "done"})
     assert f"redis redis://127.0.0.1:{port}/0: cannot publish event to jobs.1" in exc.value.message
+    with pytest.raises(Unavailable, match="cannot publish events"):
+        events.publish_many([events.make_event("jobs.1", "job.status", {"state": "done"})])
 
 
 # --- the WebSocket endpoint ----------------------------------------------------------------------------

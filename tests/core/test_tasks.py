@@ -32,10 +32,18 @@ from suite.core import config, db, events, tasks
 from suite.core.api import create_app
 from suite.core.auth import create_token
 from suite.core.db import build_engine, session_scope, utcnow
-from suite.core.errors import ConfigError, Conflict, NotFound, Unavailable, UsageError, ValidationFailed
+from suite.core.errors import (
+    ConfigError,
+    Conflict,
+    DatabaseError,
+    NotFound,
+    Unavailable,
+    UsageError,
+    ValidationFailed,
+)
 from suite.core.migrations import upgrade
 from suite.core.models import Job, User, WebSession
-from suite.core.tasks import cancel_job, enqueue, get_huey, list_jobs, progress
+from suite.core.tasks import cancel_job, enqueue, get_huey, list_jobs, progress, state
 
 try:
     from . import jobtasks_fixture as fx
@@ -670,3 +678,271 @@ def test_embedded_consumer_runs_jobs_and_marks_unfinished_interrupted(
 def _job(job_id: str) -> Job:
     with session_scope() as session:
         return tasks.get_job(session, job_id=job_id)
+
+
+# --- the state writer, claims and batching -------------------------------------------------------------
+
+
+def test_writer_saves_a_run_once_and_shows_unsaved_changes(db_session: Session) -> None:
+    """Start and end reported together become one write (started_at kept), a lone start says running, a
+    second end never replaces the first; until saved, the changes show on loaded rows only."""
+    writer = state.StateWriter(interval=3600)  # saved by flush() alone
+    both, started, twice = (_row(db_session) for _ in range(3))
+    t0 = utcnow()
+    writer.start(both.id, t0)
+    writer.finish(both.id, _final("done", result={"n": 1}, error=None))
+    writer.start(started.id, t0)
+    writer.start(twice.id, t0)
+    writer.finish(twice.id, _final("interrupted", error="the worker stopped while it ran"))
+    writer.finish(twice.id, _final("done", result=None, error=None))
+
+    loaded = db_session.get(Job, both.id)
+    assert loaded is not None
+    writer.overlay([loaded])
+    assert (loaded.state, loaded.attempts, loaded.result, loaded.started_at) == ("done", 1, {"n": 1}, t0)
+    assert loaded not in db_session.dirty  # shown, not written by this session
+    db_session.expire_all()
+    assert {db_session.get(Job, j.id).state for j in (both, started, twice)} == {"queued"}  # type: ignore[union-attr]
+
+    seen = _status_events(writer.flush)
+    db_session.expire_all()
+    rows = {j.id: db_session.get(Job, j.id) for j in (both, started, twice)}
+    done = rows[both.id]
+    assert done is not None and (done.state, done.attempts, done.result) == ("done", 1, {"n": 1})
+    assert done.started_at == t0 and done.finished_at is not None and t0 <= done.finished_at
+    assert (rows[started.id].state, rows[started.id].attempts) == ("running", 1)  # type: ignore[union-attr]
+    assert rows[twice.id].state == "interrupted"  # type: ignore[union-attr]
+    assert seen == {
+        both.id: ["done"],
+        started.id: ["running"],
+        twice.id: ["interrupted"],
+    }  # no "running" first
+
+
+def test_writer_keeps_what_it_could_not_save(db_session: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = state.StateWriter(interval=3600)
+    job = _row(db_session)
+    writer.start(job.id, utcnow())
+
+    def refuse(*args: Any) -> Any:
+        raise DatabaseError("database is locked")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(state, "_save", refuse)
+        assert writer.flush() is False
+    assert writer.has_start(job.id)
+    writer.finish(job.id, _final("done", result=1, error=None))  # reported meanwhile: saved with it
+    assert writer.flush() is True and not writer.has_start(job.id)
+    db_session.expire_all()
+    row = db_session.get(Job, job.id)
+    assert row is not None and (row.state, row.attempts, row.result) == ("done", 1, 1)
+
+
+def _final(state_: str, **values: Any) -> state.Final:
+    values.setdefault("finished_at", utcnow())
+    values.setdefault("updated_at", values["finished_at"])
+    return state.Final(state_, ("running",), values)
+
+
+def _status_events(action: Any) -> dict[str, list[str]]:
+    """job.status events published while `action()` runs, by job id."""
+
+    async def run() -> dict[str, list[str]]:
+        async with events.subscribe("jobs.*") as sub:
+            action()
+            tasks.flush()
+            await asyncio.to_thread(events.publish, "jobs.end", "test.end")  # after them, as they came
+            seen: dict[str, list[str]] = {}
+            while (event := await asyncio.wait_for(sub.get(), 10)).topic != "jobs.end":
+                if event.type == "job.status":
+                    seen.setdefault(event.data["job_id"], []).append(event.data["state"])
+            return seen
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_claims_decide_between_a_worker_and_a_cancel(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    """A worker and cancel_job both write the job's revoke key only if absent: one of them wins. SqliteHuey
+    claims in the transaction that takes the message off the queue, RedisHuey just before the run."""
+    huey: Any
+    if backend == "redis":
+        import redis
+
+        url = _redis_url(request, 2)
+        redis.Redis.from_url(url).flushdb()
+        huey = tasks.RedisJobsHuey("claims", results=False, url=url)
+    else:
+        huey = tasks.SqliteJobsHuey("claims", results=False, filename=str(tmp_path / "queue.db"))
+    huey.setup_jobs()
+    assert huey.claims_jobs
+    huey.register(fx.add)
+    message_class = huey.job_tasks[fx.add.key].task_class
+
+    run_first = message_class(("run-first",), {"a": 1, "b": 1}, id="run-first")
+    assert huey.is_revoked(run_first, peek=False) is False  # claimed
+    assert huey.revoke_unclaimed(run_first.id) is False  # too late: it runs
+    assert huey.is_revoked(run_first) is False  # a claim is no revoke to a peek
+    huey.delete(run_first.revoke_id)  # Huey's end of a run: the claim stays until the state is saved
+    assert huey.storage.has_data_for_key(run_first.revoke_id)
+    huey.release_claims([run_first.id])
+    assert not huey.storage.has_data_for_key(run_first.revoke_id)
+
+    cancel_first = message_class(("cancel-first",), {"a": 1, "b": 1}, id="cancel-first")
+    assert huey.revoke_unclaimed(cancel_first.id) is True
+    assert huey.is_revoked(cancel_first, peek=False) is True  # never runs
+
+    queued, cancelled = (message_class((i,), {"a": 1, "b": 1}, id=i) for i in ("queued", "cancelled"))
+    huey.enqueue(queued)
+    huey.enqueue(cancelled)
+    assert huey.revoke_unclaimed(cancelled.id) is True
+    taken = huey.dequeue()  # SqliteHuey claims it here
+    assert taken.id == queued.id and huey.is_revoked(taken, peek=False) is False
+    assert huey.revoke_unclaimed(queued.id) is False
+    taken = huey.dequeue()
+    assert taken.id == cancelled.id and huey.is_revoked(taken, peek=False) is True
+    with pytest.raises(NotImplementedError, match="one by one"):
+        huey.revoke_all(message_class)
+
+
+def _embedded(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
+    """Settings for an embedded consumer on SqliteHuey, or RedisHuey (and the Redis event bus)."""
+    monkeypatch.setenv("SUITE_JOBS__IMMEDIATE", "false")
+    if backend == "redis":
+        import redis
+
+        url = _redis_url(request, 2)
+        redis.Redis.from_url(url).flushdb()
+        monkeypatch.setenv("SUITE_REDIS_URL", url)
+    _reset()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_many_concurrent_jobs_end_in_the_right_states(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, backend: str
+) -> None:
+    _embedded(request, monkeypatch, backend)
+    consumer = tasks.start_embedded_consumer(workers=4)
+    try:
+        added = [enqueue(fx.add, a=i, b=i) for i in range(40)]
+        failed = [enqueue(fx.boom, message=f"no {i}") for i in range(4)]
+        flaky = [enqueue(fx.flaky, counter=str(tmp_path / f"count-{i}")) for i in range(4)]
+        ids = [j.id for j in (*added, *failed, *flaky)]
+        _wait(lambda: all(_job(i).state in FINISHED for i in ids), "every job to end")
+    finally:
+        consumer.stop()
+    with session_scope() as session:
+        rows = {job.id: job for job in session.scalars(select(Job).where(Job.id.in_(ids)))}
+    for i, job in enumerate(added):
+        row = rows[job.id]
+        assert (row.state, row.attempts, row.result, row.error) == ("done", 1, 2 * i, None)
+        assert (
+            row.started_at is not None and row.finished_at is not None and row.started_at <= row.finished_at
+        )
+    for job in failed:
+        assert (rows[job.id].state, rows[job.id].attempts) == ("failed", 3)
+        assert rows[job.id].error == f"RuntimeError: {job.params['message']}"
+    for job in flaky:
+        assert (rows[job.id].state, rows[job.id].attempts, rows[job.id].result) == ("done", 2, 2)
+
+
+FINISHED = ("done", "failed", "cancelled", "interrupted")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_consumer_stop_saves_every_state_and_readers_see_them_before(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, backend: str
+) -> None:
+    _embedded(request, monkeypatch, backend)
+    monkeypatch.setattr(state.writer, "interval", 3600)  # nothing saved by the timer: only by the stop
+    consumer = tasks.start_embedded_consumer(workers=2)
+    try:
+        jobs = [enqueue(fx.touch, path=str(tmp_path / f"ran-{i}")) for i in range(10)]
+        _wait(lambda: all((tmp_path / f"ran-{i}").exists() for i in range(10)), "every task to run")
+        _wait(lambda: all(_job(j.id).state == "done" for j in jobs), "get_job to show them done")
+        with session_scope() as session:  # the rows themselves still wait for the writer
+            saved = set(session.scalars(select(Job.state).where(Job.id.in_([j.id for j in jobs]))))
+        assert "done" not in saved and saved <= {"queued", "running"}
+    finally:
+        consumer.stop()
+    with session_scope() as session:
+        rows = list(session.scalars(select(Job).where(Job.id.in_([j.id for j in jobs]))))
+    assert [(r.state, r.attempts, r.result) for r in rows] == [("done", 1, r.id) for r in rows]
+    assert all(r.started_at is not None and r.finished_at is not None for r in rows)
+
+
+def test_cancel_of_a_claimed_job_whose_start_is_not_saved(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """RedisHuey: a job a worker has claimed is never marked cancelled while it runs, even when its row
+    still says queued; it is asked to stop and runs to its end."""
+    _embedded(request, monkeypatch, "redis")
+    monkeypatch.setattr(state.writer, "interval", 3600)
+    consumer = tasks.start_embedded_consumer(workers=1)
+    release = tmp_path / "release"
+    try:
+        job = enqueue(fx.sleeper, release=str(release))
+        _wait(lambda: _job(job.id).state == "running", "the job to run")
+        with session_scope() as session:
+            assert session.get(Job, job.id).state == "queued"  # type: ignore[union-attr]
+            cancelled = cancel_job(session, job_id=job.id, user=None)
+            assert (cancelled.state, cancelled.cancel_requested) == ("running", True)
+        release.touch()
+    finally:
+        release.touch()
+        consumer.stop()
+    row = _job(job.id)
+    assert (row.state, row.result, row.cancel_requested, row.attempts) == ("done", "released", True, 1)
+
+
+def test_fast_jobs_go_from_queued_to_done_in_events(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RedisHuey: a job that starts and ends within one write batch publishes no `running`."""
+    _embedded(request, monkeypatch, "redis")
+    monkeypatch.setattr(state.writer, "interval", 3600)
+    consumer = tasks.start_embedded_consumer(workers=1)
+    try:
+
+        def run_one() -> None:
+            job = enqueue(fx.add, a=1, b=2)
+            _wait(lambda: _job(job.id).state == "done", "the job to end")
+            run_one.job_id = job.id  # type: ignore[attr-defined]
+
+        seen = _status_events(run_one)
+    finally:
+        consumer.stop()
+    assert seen[run_one.job_id] == ["queued", "done"]  # type: ignore[attr-defined]
+
+
+def test_enqueue_refused_by_the_queue_leaves_nothing(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+
+    _embedded(request, monkeypatch, "redis")
+    client = redis.Redis.from_url(_redis_url(request, 2))
+    client.set(get_huey().storage.queue_key, "not a list")  # LPUSH answers WRONGTYPE
+    with pytest.raises(Unavailable, match=r"job not queued: Redis at .* does not answer"):
+        enqueue(fx.add, a=1, b=2)
+    with session_scope() as session:
+        assert _count(session) == 0
+    client.delete(get_huey().storage.queue_key)
+    assert enqueue(fx.add, a=1, b=2).state == "queued"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_progress_inside_the_tasks_own_transaction_still_sees_a_cancel(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    _embedded(request, monkeypatch, backend)
+    consumer = tasks.start_embedded_consumer(workers=1)
+    try:
+        job = enqueue(fx.cancel_inside_transaction)
+        _wait(lambda: _job(job.id).state in FINISHED, "the job to end")
+    finally:
+        consumer.stop()
+    row = _job(job.id)
+    assert (row.state, row.result, row.message, row.cancel_requested) == ("cancelled", None, None, True)

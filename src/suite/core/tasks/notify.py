@@ -1,0 +1,85 @@
+"""Job events: `job.status` and `job.progress` on the event bus, published from one background thread so a
+job never waits on the bus, what has queued up in one go (one round trip to Redis)."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any
+
+from suite.core import events
+
+log = logging.getLogger("suite.jobs")
+
+
+class _EventSender:
+    """Publishes job events from one background thread, in order, what has queued up in one go (one Redis
+    round trip): a job never waits on the event bus."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[str, str, dict[str, Any]] | threading.Event] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def send(self, topic: str, type_: str, data: dict[str, Any]) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            with self._lock:
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(target=self._run, name="suite-job-events", daemon=True)
+                    self._thread.start()
+        self._queue.put((topic, type_, data))
+
+    def flush(self, timeout: float = 2.0) -> None:
+        """Wait until what was sent so far is published."""
+        if self._thread is not None and self._thread.is_alive():
+            done = threading.Event()
+            self._queue.put(done)
+            done.wait(timeout)
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            ready: list[events.Event] = []
+            for item in batch:
+                if isinstance(item, threading.Event):
+                    self._publish(ready)
+                    ready = []
+                    item.set()
+                    continue
+                try:
+                    ready.append(events.make_event(*item))
+                except Exception:
+                    log.debug("%s %s not published", item[1], item[0], exc_info=True)
+            self._publish(ready)
+
+    @staticmethod
+    def _publish(ready: list[events.Event]) -> None:
+        if not ready:
+            return
+        try:
+            events.get_bus().publish_many(ready)
+        except Exception:  # an event bus problem never breaks a job
+            log.debug("%d job events not published", len(ready), exc_info=True)
+
+
+sender = _EventSender()
+
+
+def publish(job_id: str, type_: str, data: dict[str, Any]) -> None:
+    sender.send(events.job_topic(job_id), type_, data)
+
+
+def publish_status(job_id: str, state: str) -> None:
+    publish(job_id, "job.status", {"job_id": job_id, "state": state})
+
+
+def status_event(job_id: str, state: str) -> events.Event:
+    return events.make_event(events.job_topic(job_id), "job.status", {"job_id": job_id, "state": state})

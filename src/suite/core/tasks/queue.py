@@ -1,0 +1,351 @@
+"""The process's Huey and the task registry: `@task`, SqliteHuey by default, RedisHuey when a Redis URL is set.
+
+Claims. A job must never run once `cancel_job` has said it is cancelled, and never be marked cancelled while it
+runs. Both sides write Huey's revoke key of the job (`r:<id>`) only if it is absent, so exactly one of them
+wins: a worker claims the job before running it, and holds the claim until the job's final state is saved,
+which lets state.py save the start of a run later, with its end, in one batch. On RedisHuey the claim is one
+HSETNX in place of Huey's read of the revoke key; on SqliteHuey it is made in the transaction that takes the
+message off the queue (a write to the SQLite queue file costs an fsync; this one was made anyway). Inline runs
+(`jobs.immediate`) claim nothing: their start is written at once, only while the row is still queued.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit, urlunsplit
+
+from huey import RedisHuey, SqliteHuey
+from huey import signals as S
+from huey.exceptions import HueyException
+from huey.storage import SqliteStorage
+
+from suite.core import events
+from suite.core.config import get_settings
+
+if TYPE_CHECKING:
+    from suite.core.models import Job
+
+HUEY_NAME = "suite"
+CLAIMED = (datetime(1970, 1, 1), False)  # a worker runs it; Huey reads it as a revoke that has expired
+REVOKED = (None, False)  # what Huey's revoke_by_id writes: revoked for good
+SQLITE_MAX_PARAMS = 500
+
+
+class JobTask:
+    """A task declared with `@task`: `enqueue(it, ...)` runs it in the background; calling it runs inline."""
+
+    def __init__(self, func: Callable[..., Any], *, name: str, domain: str, retries: int, retry_delay: float):
+        self.func = func
+        self.name = name
+        self.domain = domain
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.key = f"{func.__module__}.{name}"  # Huey's registry key
+        functools.update_wrapper(self, func)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.func(*args, **kwargs)
+
+    def enqueue(self, **kwargs: Any) -> Job:
+        from suite.core.tasks.jobs import enqueue
+
+        return enqueue(self, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<JobTask {self.key}>"
+
+
+_tasks: dict[str, JobTask] = {}
+_huey: JobsHuey | None = None
+_lock = threading.RLock()
+
+
+def task(
+    *, retries: int = 0, retry_delay: float = 0, name: str | None = None, domain: str = "core"
+) -> Callable[[Callable[..., Any]], JobTask]:
+    """Declare a background task whose first positional argument is the job id."""
+    if retries < 0 or retry_delay < 0:
+        raise ValueError("retries and retry_delay must be >= 0")
+
+    def decorate(func: Callable[..., Any]) -> JobTask:
+        job_task = JobTask(
+            func, name=name or func.__name__, domain=domain, retries=retries, retry_delay=retry_delay
+        )
+        with _lock:
+            _tasks[job_task.key] = job_task
+            if _huey is not None:
+                _huey.register(job_task)
+        return job_task
+
+    return decorate
+
+
+def is_job(task: Any) -> bool:
+    """Whether a Huey task is one of ours (declared with `@task`)."""
+    return bool(getattr(task, "suite_job", False))
+
+
+def revoke_key(job_id: str) -> str:
+    return f"r:{job_id}"  # Huey's Task.revoke_id
+
+
+class JobsHuey:
+    """Our additions to Huey: the task registry, a stopping flag, our hooks, claims, unknown tasks failed."""
+
+    job_tasks: dict[str, Any]
+    stopping: threading.Event
+    #: Workers claim jobs in the queue (see the module docstring); else the start is written at once.
+    claims_in_queue = False
+    _claims: set[str]
+
+    def setup_jobs(self) -> None:
+        from suite.core.tasks import state
+
+        self.job_tasks = {}
+        self.stopping = threading.Event()
+        self._claims = set()
+        self._claims_lock = threading.Lock()
+        huey = cast(Any, self)
+        huey.pre_execute("suite.jobs")(state.on_pre_execute)
+        huey.post_execute("suite.jobs")(state.on_post_execute)
+        huey.signal(S.SIGNAL_INTERRUPTED)(state.on_interrupted)
+        huey.signal(S.SIGNAL_REVOKED)(state.on_revoked)
+        huey.signal(S.SIGNAL_EXPIRED)(state.on_expired)
+
+    def register(self, job_task: JobTask) -> None:
+        huey = cast(Any, self)
+        old = self.job_tasks.pop(job_task.key, None)
+        if old is not None:  # re-declared (a reloaded module): the newest wins
+            old.unregister()
+        self.job_tasks[job_task.key] = huey.task(
+            retries=job_task.retries, retry_delay=job_task.retry_delay, name=job_task.name, suite_job=True
+        )(job_task.func)
+
+    def deserialize_task(self, data: bytes) -> Any:
+        huey = cast(Any, self)
+        message = huey.serializer.deserialize(data)
+        try:
+            return huey._registry.create_task(message)
+        except HueyException:
+            from suite.core.tasks import state
+
+            state.unknown_task(message.id, message.name)
+            raise
+
+    # --- enqueue -----------------------------------------------------------------------------------
+
+    def enqueue_job(self, message: Any, data: bytes, event: events.Event) -> None:
+        """Publish the job's `queued` event, then queue its serialized message (`data`)."""
+        try:
+            events.get_bus().publish(event)
+        except Exception:  # an event bus problem never stops a job
+            pass
+        cast(Any, self).enqueue(message)
+
+    # --- claims ------------------------------------------------------------------------------------
+
+    @property
+    def claims_jobs(self) -> bool:
+        """Whether workers claim jobs in the queue (not inline)."""
+        return self.claims_in_queue and not cast(Any, self).immediate
+
+    def is_revoked(self, task: Any, timestamp: Any = None, peek: bool = True) -> bool:
+        if peek or not self.claims_jobs or not is_job(task):
+            return bool(cast(Any, super()).is_revoked(task, timestamp, peek))
+        # A worker is about to run it: claim it with the key cancel_job revokes with.
+        claimed = self._claimed_when_dequeued(task.revoke_id)
+        if claimed is None:
+            claimed = bool(cast(Any, self).put_if_empty(task.revoke_id, CLAIMED))
+        if claimed:
+            with self._claims_lock:
+                self._claims.add(task.revoke_id)
+        return not claimed
+
+    def _claimed_when_dequeued(self, key: str) -> bool | None:
+        """Whether this thread's last dequeue claimed `key` (None: it did not try)."""
+        return None
+
+    def delete(self, key: str) -> bool:
+        if key in self._claims:  # Huey ends a run so; the claim is held until the job's state is saved
+            return False
+        return bool(cast(Any, super()).delete(key))
+
+    def release_claims(self, job_ids: Iterable[str]) -> None:
+        """Forget the claims (or revokes) of jobs whose run is over and saved."""
+        keys = [revoke_key(job_id) for job_id in job_ids]
+        if not keys:
+            return
+        with self._claims_lock:
+            self._claims.difference_update(keys)
+        self._delete_keys(keys)
+
+    def _delete_keys(self, keys: list[str]) -> None:
+        storage = cast(Any, self).storage
+        for key in keys:
+            storage.delete_data(key)
+
+    def revoke_unclaimed(self, job_id: str) -> bool:
+        """Revoke a job unless a worker has claimed it: True when it will not run (again)."""
+        return bool(cast(Any, self).put_if_empty(revoke_key(job_id), REVOKED))
+
+    def revoke_all(self, task_class: Any, revoke_until: Any = None, revoke_once: bool = False) -> None:
+        raise NotImplementedError("jobs are cancelled one by one: use suite.core.tasks.cancel_job")
+
+
+class ClaimingSqliteStorage(SqliteStorage):
+    """SqliteHuey's storage whose `dequeue` also claims the job it takes, in the same transaction."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.claim_key: Callable[[bytes], str | None] = lambda data: None
+        self.claim_value = b""
+        self._last = threading.local()
+
+    def dequeue(self) -> bytes | None:
+        if not self.sql("select 1 from task where queue = ? limit 1", (self.name,), results=True):
+            return None  # a quick check without the exclusive lock, as Huey's
+        with self.db(commit=True) as curs:
+            curs.execute(
+                "select id, data from task where queue = ? order by priority desc, id limit 1", (self.name,)
+            )
+            row = curs.fetchone()
+            if row is None:
+                return None
+            tid, data = row
+            curs.execute("delete from task where id = ?", (tid,))
+            if curs.rowcount != 1:
+                return None
+            key = self.claim_key(data)
+            if key is not None:
+                curs.execute(
+                    "insert or ignore into kv (queue, key, value) values (?, ?, ?)",
+                    (self.name, key, self.to_blob(self.claim_value)),
+                )
+                self._last.claim = (key, curs.rowcount == 1)
+            return cast(bytes, data)
+
+    def claimed(self, key: str) -> bool | None:
+        last: tuple[str, bool] | None = getattr(self._last, "claim", None)
+        self._last.claim = None
+        return last[1] if last is not None and last[0] == key else None
+
+
+class SqliteJobsHuey(JobsHuey, SqliteHuey):
+    claims_in_queue = True
+    storage_class = ClaimingSqliteStorage
+
+    def setup_jobs(self) -> None:
+        super().setup_jobs()
+        storage = cast(Any, self).storage
+        if isinstance(storage, ClaimingSqliteStorage):  # not inline (Huey's memory storage)
+            storage.claim_key = self._claim_key
+            storage.claim_value = cast(Any, self).serializer.serialize(CLAIMED)
+
+    def _claim_key(self, data: bytes) -> str | None:
+        huey = cast(Any, self)
+        message = huey.serializer.deserialize(data)
+        try:
+            task_class = huey._registry.string_to_task(message.name)
+        except HueyException:  # unknown here: deserialize_task marks it failed
+            return None
+        return revoke_key(message.id) if is_job(task_class) else None
+
+    def _claimed_when_dequeued(self, key: str) -> bool | None:
+        storage = cast(Any, self).storage
+        return storage.claimed(key) if isinstance(storage, ClaimingSqliteStorage) else None
+
+    def _delete_keys(self, keys: list[str]) -> None:
+        storage = cast(Any, self).storage
+        for i in range(0, len(keys), SQLITE_MAX_PARAMS):
+            chunk = keys[i : i + SQLITE_MAX_PARAMS]
+            marks = ",".join("?" * len(chunk))
+            storage.sql(f"delete from kv where queue = ? and key in ({marks})", [storage.name, *chunk], True)
+
+
+class RedisJobsHuey(JobsHuey, RedisHuey):
+    claims_in_queue = True
+    redis_url = ""
+
+    def enqueue_job(self, message: Any, data: bytes, event: events.Event) -> None:
+        """One round trip: the `queued` event and the message in one pipeline, the event first."""
+        huey = cast(Any, self)
+        bus = events.get_bus()
+        if huey.immediate or not isinstance(bus, events.RedisBus) or bus.url != self.redis_url:
+            super().enqueue_job(message, data, event)
+            return
+        huey._emit(S.SIGNAL_ENQUEUED, message)
+        storage = huey.storage
+        pipe = storage.conn.pipeline(transaction=False)
+        pipe.publish(events.redis_channel(event.topic), event.json_text)
+        pipe.lpush(storage.queue_key, data)
+        pipe.execute()
+
+    def _delete_keys(self, keys: list[str]) -> None:
+        storage = cast(Any, self).storage
+        storage.conn.hdel(storage.result_key, *keys)
+
+
+def get_huey() -> Any:
+    """The process's Huey: SqliteHuey on `huey_path` by default, RedisHuey when `redis_url` is set."""
+    global _huey
+    if _huey is not None:
+        return _huey
+    with _lock:
+        if _huey is None:
+            _huey = _build_huey()
+            for job_task in _tasks.values():
+                _huey.register(job_task)
+        return _huey
+
+
+def _build_huey() -> JobsHuey:
+    settings = get_settings()
+    immediate = settings.jobs.immediate
+    huey: JobsHuey
+    if settings.redis_url:
+        import redis
+
+        pool = redis.ConnectionPool.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
+        huey = RedisJobsHuey(
+            HUEY_NAME, results=False, immediate=immediate, connection_pool=pool, read_timeout=1
+        )
+        huey.redis_url = settings.redis_url
+    else:
+        path = settings.huey_path
+        if not immediate:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        huey = SqliteJobsHuey(HUEY_NAME, results=False, immediate=immediate, filename=str(path))
+    huey.setup_jobs()
+    return huey
+
+
+def forget_huey() -> None:
+    """Close and forget the cached Huey. Declared tasks stay declared."""
+    global _huey
+    with _lock:
+        if _huey is not None:
+            _huey.stopping.set()
+            try:
+                cast(Any, _huey).storage.close()
+            except Exception:
+                pass
+        _huey = None
+
+
+def queue_name() -> str:
+    settings = get_settings()
+    if settings.redis_url:
+        return f"Redis at {safe_redis_url(settings.redis_url)}"
+    return f"the SQLite job queue {settings.huey_path}"
+
+
+def safe_redis_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url

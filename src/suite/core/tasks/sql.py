@@ -1,0 +1,182 @@
+"""Statements on `core_job` and the connections they run on: short transactions of their own, no ORM session.
+
+Enqueueing writes one row per job before the task is queued; on SQLite that insert runs straight on the pool's
+connection (`insert_job`), the statement compiled once by SQLAlchemy and the values through the column types'
+bind processors, which costs a quarter of a Core execution. Elsewhere (PostgreSQL, tests' bound connection) it is
+a Core insert.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Dialect,
+    Engine,
+    Insert,
+    Table,
+    Update,
+    bindparam,
+    func,
+    insert,
+    or_,
+    update,
+)
+from sqlalchemy.exc import OperationalError
+
+from suite.core.db import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    describe_db_error,
+    new_session,
+    prepare_database,
+    session_scope,
+)
+from suite.core.errors import DatabaseError
+from suite.core.models import Job
+
+T = TypeVar("T")
+
+PENDING_STATES = ("queued", "retrying")
+JOB_TABLE = cast(Table, Job.__table__)
+
+
+@functools.lru_cache(maxsize=64)
+def update_stmt(
+    from_states: tuple[str, ...],
+    keys: tuple[str, ...],
+    *,
+    start: bool = False,
+    unless_cancelled: bool = False,
+) -> Update:
+    """UPDATE core_job SET <keys> WHERE id = :b_id AND state IN <from_states>, built once per shape.
+
+    `start`: the run's start too (one more attempt; `started_at` stays the first run's, else :b_started).
+    Parameters are `b_<key>`; no expanding IN, so one statement can save many jobs (executemany).
+    """
+    cols = JOB_TABLE.c
+    stmt = update(JOB_TABLE).where(cols.id == bindparam("b_id"), or_(*(cols.state == s for s in from_states)))
+    if unless_cancelled:
+        stmt = stmt.where(cols.cancel_requested.is_(False))
+    values: dict[str, Any] = {key: bindparam(f"b_{key}", type_=cols[key].type) for key in keys}
+    if start:
+        values["attempts"] = cols.attempts + 1
+        values["started_at"] = func.coalesce(
+            cols.started_at, bindparam("b_started", type_=cols.started_at.type)
+        )
+    return stmt.values(values)
+
+
+@contextmanager
+def write_connection(*, busy_timeout_ms: int | None = None) -> Iterator[Connection]:
+    """A connection in its own transaction for one short write, committed when the block ends: no ORM
+    session (or the test's connection under `db.bind_to`). Database errors come out as DatabaseError.
+
+    On SQLite the write lock is waited for as in `when_unlocked`; with `busy_timeout_ms`, by SQLite for at
+    most that long instead.
+    """
+    engine = _engine()
+    if engine is None:  # tests: into the test's connection
+        with session_scope() as session:
+            yield session.connection()
+        return
+    try:
+        with engine.connect() as conn:
+            driver = conn.connection.driver_connection if conn.dialect.name == "sqlite" else None
+            if driver is None:
+                with conn.begin():
+                    yield conn
+                return
+            driver.execute(f"PRAGMA busy_timeout={busy_timeout_ms or 0}")  # before BEGIN, which waits
+            try:
+                with conn.begin() if busy_timeout_ms else when_unlocked(conn.begin):
+                    yield conn
+            finally:
+                driver.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    except OperationalError as exc:
+        raise DatabaseError(describe_db_error(exc)) from exc
+
+
+def when_unlocked(begin: Callable[[], T]) -> T:
+    """`begin()` (a BEGIN IMMEDIATE on a connection whose busy timeout is 0), retried every 0.1-2 ms while
+    another writer holds SQLite's lock, for as long as the usual busy timeout. SQLite's own busy handler
+    sleeps 1 ms, then 2, 5, 10...: long next to the short transactions of job rows."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.0001
+    while True:
+        try:
+            return begin()
+        except (sqlite3.OperationalError, OperationalError) as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.002)
+
+
+def execute(stmt: Update, params: dict[str, Any]) -> bool:
+    """One statement in its own short transaction; True when it changed one row."""
+    with write_connection() as conn:
+        return cast(CursorResult[Any], conn.execute(stmt, params)).rowcount == 1
+
+
+def insert_job(row: dict[str, Any]) -> None:
+    """Insert one job row (every column but `result`) in its own committed transaction."""
+    engine = _engine()
+    if engine is None or engine.dialect.name != "sqlite":
+        with write_connection() as conn:
+            conn.execute(_insert_stmt(), row)
+        return
+    sql, processors = _sqlite_insert(engine.dialect)
+    args = tuple(row[name] if process is None else process(row[name]) for name, process in processors)
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("PRAGMA busy_timeout=0")
+        try:
+            when_unlocked(lambda: cursor.execute("BEGIN IMMEDIATE"))  # as db.py begins them
+            try:
+                cursor.execute(sql, args)
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            cursor.execute("COMMIT")
+        finally:
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    except sqlite3.Error as exc:
+        raise DatabaseError(describe_db_error(OperationalError(sql, args, exc))) from exc
+    finally:
+        raw.close()
+
+
+def _engine() -> Engine | None:
+    """The process's engine, or None under `db.bind_to` (tests: writes go into the test's connection)."""
+    prepare_database()
+    session = new_session()
+    session.close()
+    return session.bind if isinstance(session.bind, Engine) else None
+
+
+@functools.cache
+def _insert_stmt() -> Insert:
+    return insert(JOB_TABLE)
+
+
+Processor = Callable[[Any], Any] | None
+
+
+@functools.lru_cache(maxsize=4)
+def _sqlite_insert(dialect: Dialect) -> tuple[str, tuple[tuple[str, Processor], ...]]:
+    columns = [c for c in JOB_TABLE.c if c.name != "result"]  # left out: SQL NULL, not JSON null
+    stmt = insert(JOB_TABLE).values({c.name: bindparam(c.name, type_=c.type) for c in columns})
+    compiled = stmt.compile(dialect=dialect)
+    names = compiled.positiontup or []
+    types = {c.name: c.type for c in columns}
+    return compiled.string, tuple(
+        (name, types[name].dialect_impl(dialect).bind_processor(dialect)) for name in names
+    )
