@@ -234,6 +234,43 @@ def redis_url(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Ite
     yield redis_server.url
 
 
+# --- browser -------------------------------------------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("SUITE_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def artifacts_dir() -> Path:
+    """Where page screenshots are kept (SUITE_TEST_ARTIFACTS, default ./test-artifacts in the repo)."""
+    path = Path(os.environ.get("SUITE_TEST_ARTIFACTS", "test-artifacts"))
+    path = path if path.is_absolute() else REPO_ROOT / path
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser():  # type: ignore[no-untyped-def]
+    """Debian's chromium driven by Playwright (never a browser a tool downloads itself)."""
+    if not Path(CHROMIUM).exists():
+        skip_or_fail(f"{CHROMIUM} not found (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        skip_or_fail("the playwright package is not installed (pip install playwright)")
+    with sync_playwright() as pw:
+        launched = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield launched
+        launched.close()
+
+
 @pytest.fixture
 def run_cli():  # type: ignore[no-untyped-def]
     """Run `suite ...` in a subprocess with the test's environment; returns CompletedProcess."""

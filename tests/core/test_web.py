@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import os
 import re
 import threading
 import time
@@ -20,29 +19,12 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse
 from fastapi.testclient import TestClient
 
-from conftest import free_port, skip_or_fail
+from conftest import artifacts_dir, free_port
 from suite.core import plugins, web
 from suite.core.api import create_app
 from suite.core.plugins import DomainSpec
 
-REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("SUITE_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 CSRF = "csrf-" + "a1" * 16
-
-
-def artifacts_dir() -> Path:
-    path = Path(os.environ.get("SUITE_TEST_ARTIFACTS", "test-artifacts"))
-    path = path if path.is_absolute() else REPO / path
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 # --- a demo domain with one page extending base.html ---------------------------------------------------
@@ -158,20 +140,6 @@ def test_autoescape_is_on_for_every_template() -> None:
 
 
 # --- in a real browser ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        skip_or_fail(f"{CHROMIUM} not found (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        skip_or_fail("the playwright package is not installed (pip install playwright)")
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
