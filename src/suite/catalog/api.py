@@ -35,9 +35,9 @@ __all__ = ["commit_before_response", "pages", "router"]
 
 
 def _reader(request: Request, user: Annotated[User | None, Depends(optional_user)]) -> User | None:
-    from suite.core.config import get_settings
+    from suite.catalog.settings import catalog_settings
 
-    if user is None and not get_settings().catalog.public_read:
+    if user is None and not catalog_settings().public_read:
         raise Unauthorized("authentication required: this catalog is not public")
     granted = getattr(request.state, "api_token_scopes", None)
     if user is not None and granted:
@@ -195,7 +195,10 @@ def read_person(person_id: int, session: SessionDep, _user: Reader) -> s.PersonD
 
 @router.get("/people/{person_id}/filmography")
 def read_filmography(person_id: int, session: SessionDep, _user: Reader) -> dict[str, Any]:
-    return service.person_detail(session, person_id=person_id).model_dump(mode="json")["filmography"]
+    filmography: dict[str, Any] = service.person_detail(session, person_id=person_id).model_dump(mode="json")[
+        "filmography"
+    ]
+    return filmography
 
 
 @router.post("/people", response_model=s.PersonRead, status_code=201)

@@ -94,11 +94,11 @@ def seed(
     """Import real data: stages extract → normalize → validate → load → index, resumable, one run at a time."""
     from suite.catalog.seed import SeedOptions
     from suite.catalog.seed import seed as run_seed
+    from suite.catalog.settings import catalog_settings
     from suite.core.cli_utils import progress
-    from suite.core.config import get_settings
     from suite.core.db import prepare_database
 
-    settings = get_settings().catalog
+    settings = catalog_settings()
     all_ids = list(ids or [])
     if ids_file is not None:
         from suite.catalog.sources.tmdb import read_ids_file

@@ -144,12 +144,13 @@ class Writer:
 
 
 def _targets(session: Any, field: str, force: bool, limit: int | None) -> list[Any]:
-    model, column = {
+    targets: dict[str, tuple[Any, str]] = {
         "overview": (m.Movie, "overview"),
         "biography": (m.Person, "biography"),
         "genre_description": (m.Genre, "description"),
         "job_description": (m.Job, "description"),
-    }[field]
+    }
+    model, column = targets[field]
     src = getattr(model, f"{column}_source")
     if force:
         cond = or_(src.is_(None), src != "user")
@@ -172,19 +173,17 @@ def enrich(
     progress: Callable[..., None] | None = None,
 ) -> dict[str, Any]:
     """Fill one field for every entity that needs it. Returns counts; never raises for one entity's failure."""
-    from suite.core.config import get_settings
+    from suite.catalog.settings import catalog_settings
 
     if field not in FIELDS:
         raise UsageError(f"--field must be one of {', '.join(FIELDS)}")
-    settings = get_settings().catalog
+    settings = catalog_settings()
     writer = Writer(
         provider_name or settings.enrich_provider, rps or settings.enrich_rps, settings.enrich_max_chars
     )
-    if writer.provider is None and field == "overview" and force is False:
-        pass
     with new_session() as s:
         ids = _targets(s, field, force, limit)
-    counts = {
+    counts: dict[str, Any] = {
         "field": field,
         "provider": writer.name,
         "candidates": len(ids),
@@ -216,12 +215,13 @@ def enrich(
 def _one(
     field: str, entity_id: int, writer: Writer, *, force: bool, dry_run: bool, counts: dict[str, Any]
 ) -> None:
-    model, column, entity = {
+    specs: dict[str, tuple[Any, str, str]] = {
         "overview": (m.Movie, "overview", "movie"),
         "biography": (m.Person, "biography", "person"),
         "genre_description": (m.Genre, "description", "genre"),
         "job_description": (m.Job, "description", "job"),
-    }[field]
+    }
+    model, column, entity = specs[field]
     with new_session() as s:
         obj = s.get(model, entity_id)
         if obj is None:

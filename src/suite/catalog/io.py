@@ -16,9 +16,9 @@ import json
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session
 
 from suite.catalog import models as m
@@ -236,8 +236,9 @@ def classify(
                 == data["score"]
             ):
                 return "exists", data, movie_id, "you already rated it the same"
-            if what == "watchlist" and session.get(
-                m.WatchlistItem, {"user_id": owner_id, "movie_id": movie_id}
+            if (
+                what == "watchlist"
+                and session.get(m.WatchlistItem, {"user_id": owner_id, "movie_id": movie_id}) is not None
             ):
                 return "exists", data, movie_id, "already on your watchlist"
         return "ready", data, movie_id, None
@@ -246,7 +247,8 @@ def classify(
 
 
 def _json_safe(row: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(row, default=str))
+    safe: dict[str, Any] = json.loads(json.dumps(row, default=str))
+    return safe
 
 
 # --- preview and commit -----------------------------------------------------------------------------------------
@@ -285,10 +287,10 @@ def _preview(
             }
         )
         if len(pending) >= ROW_BATCH:
-            session.execute(m.ImportRow.__table__.insert(), pending)
+            session.execute(cast(Table, m.ImportRow.__table__).insert(), pending)
             pending = []
     if pending:
-        session.execute(m.ImportRow.__table__.insert(), pending)
+        session.execute(cast(Table, m.ImportRow.__table__).insert(), pending)
     record.counts = counts
     session.flush()
     return import_summary(session, import_id=import_id, owner_id=owner_id, is_admin=True)
@@ -303,7 +305,7 @@ def preview_bytes(
     if fmt == "json":
         rows = _rows_json(data, what)
     else:
-        stream = codecs.getreader("utf-8-sig")(_io.BytesIO(data), errors="strict")
+        stream = codecs.getreader("utf-8-sig")(_io.BytesIO(data), "strict")
         rows = _rows_csv(stream, what)
     with session.begin_nested():
         return _preview(session, rows=rows, what=what, fmt=fmt, sha=sha, owner_id=owner_id)
@@ -319,12 +321,12 @@ def import_file(
     commit: bool,
     report: Path | None = None,
 ) -> dict[str, Any]:
-    from suite.core.config import get_settings
+    from suite.catalog.settings import catalog_settings
 
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
-    if path.stat().st_size > get_settings().catalog.import_max_bytes:
-        raise TooLarge(f"{path}: larger than {get_settings().catalog.import_max_bytes} bytes")
+    if path.stat().st_size > catalog_settings().import_max_bytes:
+        raise TooLarge(f"{path}: larger than {catalog_settings().import_max_bytes} bytes")
     if what != "movies" and owner_id is None:
         raise ValidationFailed(f"importing {what} needs --user NAME (whose {what} they are)")
     summary = preview_bytes(session, data=path.read_bytes(), what=what, fmt=fmt, owner_id=owner_id)
@@ -467,9 +469,9 @@ def commit_import(
 
 
 async def read_upload(file: Any) -> bytes:
-    from suite.core.config import get_settings
+    from suite.catalog.settings import catalog_settings
 
-    limit = get_settings().catalog.import_max_bytes
+    limit = catalog_settings().import_max_bytes
     chunks: list[bytes] = []
     size = 0
     while chunk := await file.read(1024 * 1024):

@@ -53,10 +53,10 @@ def stored_tmdb_key(session: Session) -> str | None:
 
 def tmdb_key_status(session: Session) -> dict[str, Any]:
     """Whether a key is set and where from; never the key."""
-    from suite.core.config import get_settings
+    from suite.catalog.settings import catalog_settings
     from suite.core.crypto import key_id_of
 
-    configured = get_settings().catalog.tmdb_api_key
+    configured = catalog_settings().tmdb_api_key
     row = session.get(m.Setting, TMDB_KEY)
     stored = {"key_id": key_id_of(row.value_enc), "updated_at": row.updated_at} if row is not None else None
     source = "config" if configured and configured.get_secret_value() else "database" if row else None
@@ -67,12 +67,12 @@ def effective_tmdb_key() -> str:
     """The key the TMDB client uses: the configuration's, else the stored one, else ""."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from suite.core.config import get_settings
+    from suite.catalog.settings import catalog_settings
     from suite.core.db import new_session
 
-    configured = get_settings().catalog.tmdb_api_key
+    configured = catalog_settings().tmdb_api_key
     if configured and configured.get_secret_value():
-        return configured.get_secret_value()
+        return str(configured.get_secret_value())
     try:
         with new_session(read_only=True) as session:
             return stored_tmdb_key(session) or ""

@@ -157,7 +157,7 @@ def movie(movie_id: int, request: Request, session: SessionDep) -> HTMLResponse:
         )
         in_watchlist = session.get(m.WatchlistItem, {"user_id": user.id, "movie_id": movie_id}) is not None
     reviews = service.list_reviews(session, movie_id=movie_id, cursor=None, limit=20)
-    from suite.core.config import get_settings
+    from suite.catalog.settings import catalog_settings
 
     cast = [c for c in detail.credits if c.kind == "cast"]
     crew = [c for c in detail.credits if c.kind == "crew"]
@@ -168,7 +168,7 @@ def movie(movie_id: int, request: Request, session: SessionDep) -> HTMLResponse:
         "reviews": reviews.items,
         "mine": mine,
         "in_watchlist": in_watchlist,
-        "semantic": get_settings().catalog.semantic,
+        "semantic": catalog_settings().semantic,
     }
     return _page(request, "movie.html", ctx)
 
@@ -241,7 +241,7 @@ def search_page(
     mode: Literal["keyword", "semantic", "hybrid"] = "keyword",
 ) -> HTMLResponse:
     from suite.catalog import search as searching
-    from suite.core.config import get_settings
+    from suite.catalog.settings import catalog_settings
 
     result = None
     error = None
@@ -256,7 +256,7 @@ def search_page(
         except SuiteError as exc:
             error = exc.message
     partial = bool(request.headers.get("hx-request"))
-    semantic_on = get_settings().catalog.semantic
+    semantic_on = catalog_settings().semantic
     ctx = {"q": q or "", "result": result, "error": error, "mode": mode, "semantic": semantic_on}
     return _page(
         request,

@@ -111,12 +111,12 @@ def pg_tsquery(tokens: list[str], *, prefix: bool, weights: str = "") -> str:
 
 
 def backend_name(session: Session) -> str:
-    from suite.core.config import get_settings
+    from suite.catalog.settings import catalog_settings
 
-    configured = get_settings().catalog.search_backend
+    configured = catalog_settings().search_backend
     if configured != "auto":
         return configured
-    return session.get_bind().dialect.name
+    return str(session.get_bind().dialect.name)
 
 
 def _filters_sql(p: ParsedQuery, params: dict[str, Any], backend: str, alias: str = "m") -> str:

@@ -166,9 +166,9 @@ def _owner_alive(owner: str) -> bool:
 
 
 def heartbeat_timeout() -> timedelta:
-    from suite.core.config import get_settings
+    from suite.catalog.settings import catalog_settings
 
-    return timedelta(seconds=get_settings().catalog.seed_heartbeat_timeout_s)
+    return timedelta(seconds=catalog_settings().seed_heartbeat_timeout_s)
 
 
 def _stale(lock: m.SeedLock) -> bool:
@@ -421,7 +421,7 @@ def _run(
         progress(processed, total, "extract")
     try:
         for chunk in _batches(source.extract(after=after), batch_size):
-            if cancelled and cancelled():
+            if cancelled():
                 _finish(run_id, "cancelled", "cancelled by a user")
                 return run_summary(run_id)
             records: list[MovieRecord] = []

@@ -43,9 +43,9 @@ def _ml() -> Any:
 
 
 def model_id() -> str:
-    from suite.core.config import get_settings
+    from suite.catalog.settings import catalog_settings
 
-    return str(get_settings().catalog.embedding_model)
+    return str(catalog_settings().embedding_model)
 
 
 def embedder() -> Any:

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
@@ -150,6 +151,7 @@ def list_movies(
         stmt = stmt.where(mv.year >= year_from)
     if year_to is not None:
         stmt = stmt.where(mv.year <= year_to)
+    key: Any
     if sort == "title":
         key, desc = mv.sort_title, False
     elif sort == "year":  # literal defaults: the expression must match the index (migration cf6584f46893)
@@ -646,8 +648,9 @@ def lookups(session: Session, *, kind: str) -> list[Any]:
             s.JobLookup(id=j.id, department=j.department, name=j.name)
             for j in session.scalars(select(m.Job).order_by(m.Job.department, m.Job.name))
         ]
-    model = {"languages": m.Language, "countries": m.Country}[kind]
-    return [s.Lookup(id=r.id, name=r.name) for r in session.scalars(select(model).order_by(model.name))]
+    model: Any = {"languages": m.Language, "countries": m.Country}[kind]
+    rows = session.execute(select(model.id, model.name).order_by(model.name)).all()
+    return [s.Lookup(id=r.id, name=r.name) for r in rows]
 
 
 def autocomplete(session: Session, *, kind: str, q: str, limit: int) -> list[dict[str, Any]]:
@@ -658,6 +661,7 @@ def autocomplete(session: Session, *, kind: str, q: str, limit: int) -> list[dic
     if not 1 <= limit <= 50:
         raise ValidationFailed("limit must be between 1 and 50")
     pattern = like_escape(fold(q)) + "%"
+    rows: Sequence[Any]
     if kind == "people":
         rows = session.execute(
             select(m.Person.id, m.Person.name)

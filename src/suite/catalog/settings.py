@@ -33,3 +33,11 @@ class CatalogSettings(Section):
     image_cache: bool = False
     public_read: bool = True
     import_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+
+
+def catalog_settings() -> CatalogSettings:
+    """The effective `[catalog]` table, typed (core adds domain tables to its settings at run time)."""
+    from suite.core.config import get_settings
+
+    table: CatalogSettings = get_settings().domain("catalog")
+    return table

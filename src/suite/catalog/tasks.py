@@ -10,10 +10,12 @@ from suite.core.tasks import progress, task
 @task(retries=0, domain="catalog")
 def seed_run(job_id: str, run_id: str) -> dict[str, Any]:
     """Run (or resume) the seed run `run_id`, created beforehand by the API with its options."""
+    from suite.catalog import models as m
     from suite.catalog import seed as seeding
+    from suite.core.db import new_session
 
-    with seeding.new_session() as s:
-        run = s.get(seeding.m.SeedRun, run_id)
+    with new_session() as s:
+        run = s.get(m.SeedRun, run_id)
         options = seeding.SeedOptions.from_params(run.params if run else {})
     summary = seeding.seed(options, resume=run_id, job_id=job_id, progress=progress(job_id))
     return {"run_id": run_id, "status": summary["status"], "processed": summary["processed"]}

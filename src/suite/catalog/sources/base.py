@@ -73,8 +73,12 @@ class MovieRecord:
 
 class Source(Protocol):
     name: str
-    version: str | None
-    sha256: str | None
+
+    @property
+    def version(self) -> str | None: ...
+
+    @property
+    def sha256(self) -> str | None: ...
 
     def check(self) -> None:
         """File-level checks; raise FileError/DatasetError before anything is written."""

@@ -107,7 +107,8 @@ class MovieLensSource:
                     )
                 )
                 for movie_id, title, year in rows:
-                    index.setdefault((fold(title), int(year)), movie_id)
+                    if year is not None:
+                        index.setdefault((fold(title), int(year)), movie_id)
             self._index = index
         return self._index
 

@@ -177,9 +177,9 @@ class TmdbClient:
 
 def client_from_settings() -> TmdbClient:
     from suite.catalog.keys import effective_tmdb_key
-    from suite.core.config import get_settings
+    from suite.catalog.settings import catalog_settings
 
-    settings = get_settings().catalog
+    settings = catalog_settings()
     key = effective_tmdb_key()
     if not key:
         raise TmdbUnconfigured(
@@ -237,8 +237,8 @@ def normalize_movie(doc: Any, *, source: str = "tmdb") -> MovieRecord:
             precision = "day"  # TMDB dates are real days
     runtime = doc.get("runtime")
     runtime = None if runtime in (0, None) else as_int(runtime, "runtime", lo=1, hi=1000)
-    genres = [clean_text(g.get("name"), limit=64) for g in doc.get("genres") or [] if isinstance(g, dict)]
-    genres = [g for g in genres if g]
+    names = [clean_text(g.get("name"), limit=64) for g in doc.get("genres") or [] if isinstance(g, dict)]
+    genres = [g for g in names if g]
     langs = [
         clean_text(lang.get("english_name") or lang.get("name"), limit=64)
         for lang in doc.get("spoken_languages") or []
