@@ -62,6 +62,7 @@ def suite_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     monkeypatch.setenv("SUITE_DATA_DIR", str(data))
     monkeypatch.setenv("SUITE_ENV", "test")
     monkeypatch.setenv("SUITE_JOBS__IMMEDIATE", "true")
+    monkeypatch.setenv("SUITE_JOBS__PURGE_SCHEDULE", "off")  # no purge job queued by a consumer mid-test
     monkeypatch.setenv("SUITE_LLM__LOCAL__THREADS", "1")
     monkeypatch.chdir(tmp_path)
     reset_caches()

@@ -788,7 +788,18 @@ def test_claims_decide_between_a_worker_and_a_cancel(
     huey.delete(run_first.revoke_id)  # Huey's end of a run: the claim stays until the state is saved
     assert huey.storage.has_data_for_key(run_first.revoke_id)
     huey.release_claims([run_first.id])
+    huey.flush_releases()  # SqliteHuey deletes released claims with its next dequeue's write, or now
     assert not huey.storage.has_data_for_key(run_first.revoke_id)
+
+    # A retry: its claim is released, it is queued again, and a worker claims it anew.
+    assert huey.is_revoked(run_first, peek=False) is False
+    huey.release_claims([run_first.id])
+    huey.enqueue(run_first)
+    taken = huey.dequeue()
+    assert huey.storage.has_data_for_key(run_first.revoke_id)  # claimed by the dequeue itself
+    assert taken.id == run_first.id and huey.is_revoked(taken, peek=False) is False
+    huey.release_claims([run_first.id])
+    huey.flush_releases()
 
     cancel_first = message_class(("cancel-first",), {"a": 1, "b": 1}, id="cancel-first")
     assert huey.revoke_unclaimed(cancel_first.id) is True
@@ -798,7 +809,8 @@ def test_claims_decide_between_a_worker_and_a_cancel(
     huey.enqueue(queued)
     huey.enqueue(cancelled)
     assert huey.revoke_unclaimed(cancelled.id) is True
-    taken = huey.dequeue()  # SqliteHuey claims it here
+    taken = huey.dequeue()  # claimed here, in the same transaction (SQLite) or script (Redis)
+    assert huey.storage.has_data_for_key(queued.revoke_id)
     assert taken.id == queued.id and huey.is_revoked(taken, peek=False) is False
     assert huey.revoke_unclaimed(queued.id) is False
     taken = huey.dequeue()

@@ -7,13 +7,23 @@ named by an import string in its `DomainSpec`, so loading config imports only py
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -25,6 +35,8 @@ from pydantic_settings import (
 from suite.core.errors import ConfigError
 
 ENV_PREFIX = "SUITE_"
+CRON_RANGES = (("minute", 0, 59), ("hour", 0, 23), ("day", 1, 31), ("month", 1, 12), ("weekday", 0, 6))
+CRON_FIELD_RE = re.compile(r"(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*")
 PLACEHOLDER_SECRETS = {
     "changeme",
     "change-me",
@@ -59,6 +71,33 @@ class JobsSettings(Section):
     task_modules: list[str] = Field(
         default_factory=list, description="extra modules of tasks the worker imports"
     )
+    heartbeat_s: float = Field(10.0, gt=0, le=3600, description="a consumer says it is alive this often")
+    worker_timeout_s: float = Field(
+        60.0, gt=0, description="no heartbeat for this long: the worker is lost, its running jobs fail"
+    )
+    keep_days: int = Field(30, ge=0, description="finished jobs older than this are purged")
+    purge_schedule: str = Field(
+        "17 3 * * *", description='when consumers purge, a crontab line in UTC ("off": never)'
+    )
+
+    @field_validator("purge_schedule")
+    @classmethod
+    def _crontab(cls, value: str) -> str:
+        if value == "off":
+            return value
+        fields = value.split()
+        if len(fields) != 5 or not all(CRON_FIELD_RE.fullmatch(f) for f in fields):
+            raise ValueError('must be a crontab line "minute hour day month weekday", or "off"')
+        for field, (name, low, high) in zip(fields, CRON_RANGES, strict=True):
+            if any(not low <= int(n) <= high for n in re.findall(r"(?<!/)\b\d+", field)):
+                raise ValueError(f"{name} must be within {low}-{high}")
+        return " ".join(fields)
+
+    @model_validator(mode="after")
+    def _timeout(self) -> JobsSettings:
+        if self.worker_timeout_s < 2 * self.heartbeat_s:
+            raise ValueError("worker_timeout_s must be at least twice heartbeat_s")
+        return self
 
 
 class EventsSettings(Section):

@@ -1,4 +1,4 @@
-"""Core tables: users, API tokens, web sessions, jobs and encrypted secrets (all prefixed `core_`)."""
+"""Core tables: users, API tokens, web sessions, jobs, job workers and encrypted secrets (all prefixed `core_`)."""
 
 from __future__ import annotations
 
@@ -83,6 +83,20 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    worker_id: Mapped[str | None] = mapped_column(String(64))  # the consumer of its last run (a JobWorker)
+
+
+class JobWorker(Base):
+    """A running consumer (`suite worker`, or the one `suite serve` embeds): its heartbeat says it is alive.
+    Jobs left `running` by a worker whose heartbeat stopped are failed by the others (tasks/workers.py)."""
+
+    __tablename__ = "core_worker"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # host:pid:random
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class Secret(Base):

@@ -5,10 +5,11 @@ and reports progress through `progress(job_id)`. Job status lives in `core_job`,
 (Huey's result store deletes on read, so it is off). States: queued -> running -> done | failed | cancelled |
 interrupted, with retrying between attempts. Task arguments are stored in plain form: never pass a secret.
 
-The modules: `queue` (the Huey instance, `@task`, claims), `jobs` (enqueue, list/get/cancel, purge), `state`
-(hooks and signals, the batching state writer), `sql` (statements and their connections), `notify` (job
-events), `progress`, `consumer` (`suite worker`, the embedded one), `redact` (secrets kept out of arguments,
-errors and logs). Everything public is importable from here.
+The modules: `queue` (the Huey instance, `@task`, claims), `claims` (storages that claim as they dequeue),
+`jobs` (enqueue, list/get/cancel, purge), `state` (hooks and signals, the batching state writer), `sql`
+(statements and their connections), `notify` (job events), `progress`, `consumer` (`suite worker`, the embedded
+one), `workers` (heartbeats, jobs of lost workers, the scheduled purge), `redact` (secrets kept out of
+arguments, errors and logs). Everything public is importable from here.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from suite.core.errors import ConfigError
 from suite.core.tasks import state
 from suite.core.tasks.queue import get_huey, queue_name
 from suite.core.tasks.redact import RedactingFormatter
+from suite.core.tasks.workers import Heartbeat
 
 log = logging.getLogger("suite.jobs")
 
@@ -50,7 +51,8 @@ def load_task_modules() -> list[str]:
 
 class JobsConsumer(Consumer):
     """Huey's consumer with thread workers: a stop (Ctrl-C, SIGTERM, `.stop()`) lets running jobs end at their
-    next progress report, waits up to `shutdown_timeout`, then marks what still runs as interrupted."""
+    next progress report, waits up to `shutdown_timeout`, then marks what still runs as interrupted. It keeps
+    a heartbeat while it runs (workers.py); `finish()` saves the jobs' states, then ends the heartbeat."""
 
     def __init__(self, huey: Any, *, workers: int, embedded: bool) -> None:
         max_delay = get_settings().jobs.max_polling_delay
@@ -63,6 +65,22 @@ class JobsConsumer(Consumer):
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         )
         self.embedded = embedded
+        self.heartbeat = Heartbeat()
+
+    def start(self) -> None:
+        self.heartbeat.start()  # registered before the first job starts
+        try:
+            super().start()
+        except BaseException:
+            self.heartbeat.stop()
+            raise
+
+    def finish(self) -> None:
+        """After a stop: save the last jobs' states, then say this worker is gone."""
+        try:
+            state.flush()
+        finally:
+            self.heartbeat.stop()
 
     def stop(self, graceful: bool = False) -> None:
         self.huey.stopping.set()
@@ -108,7 +126,7 @@ def run_consumer(workers: int) -> None:
     try:
         consumer.run()
     finally:
-        state.flush()  # the last jobs' states, before the process ends
+        consumer.finish()  # the last jobs' states, before the process ends
     if consumer._signum == signal.SIGINT:
         raise KeyboardInterrupt
 
@@ -126,7 +144,7 @@ class EmbeddedConsumer:
         consumer.shutdown_timeout = timeout
         consumer.stop(graceful=True)
         consumer.huey.notify_interrupted_tasks()
-        state.flush()
+        consumer.finish()
 
 
 def start_embedded_consumer(workers: int | None = None) -> EmbeddedConsumer:

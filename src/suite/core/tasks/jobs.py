@@ -12,7 +12,6 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Select, delete, func, inspect, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, configure_mappers, make_transient_to_detached
-from sqlalchemy.orm.attributes import set_committed_value
 
 from suite.core.db import session_scope, utcnow
 from suite.core.errors import Conflict, NotFound, Unavailable, UsageError, ValidationFailed
@@ -43,8 +42,9 @@ def enqueue(
     """
     if not isinstance(task_fn, JobTask):
         raise TypeError(f"{task_fn!r} is not declared with suite.core.tasks.task")
-    check_no_secrets(kwargs, "task arguments")
-    shown = check_no_secrets(kwargs if params is None else params, "job params")
+    shown = check_no_secrets(kwargs, "task arguments")
+    if params is not None:
+        shown = check_no_secrets(params, "job params")
     huey = get_huey()
     job_id = str(uuid.uuid4())
     message = huey.job_tasks[task_fn.key].task_class((job_id,), kwargs, id=job_id)
@@ -71,6 +71,7 @@ def enqueue(
         "started_at": None,
         "finished_at": None,
         "updated_at": now,
+        "worker_id": None,
     }
     if session is None:
         insert_job(row)  # result: left out, so it is SQL NULL, not JSON null
@@ -102,9 +103,7 @@ def _job_class_manager() -> Any:
 def _detached(row: dict[str, Any]) -> Job:
     """The job as if loaded by a session that has closed (no attribute events: cheaper than `Job(...)`)."""
     job = _job_class_manager().new_instance()
-    for key, value in row.items():
-        set_committed_value(job, key, value)
-    set_committed_value(job, "result", None)
+    job.__dict__.update(row, result=None)  # as a loader fills a row's attributes
     make_transient_to_detached(job)
     return job
 

@@ -21,10 +21,17 @@ from urllib.parse import urlsplit, urlunsplit
 from huey import RedisHuey, SqliteHuey
 from huey import signals as S
 from huey.exceptions import HueyException
-from huey.storage import SqliteStorage
 
 from suite.core import events
 from suite.core.config import get_settings
+from suite.core.tasks.claims import (
+    ClaimingRedisStorage,
+    ClaimingSqliteStorage,
+    ClaimingStorage,
+    revoke_key,
+    split_claim,
+    with_claim,
+)
 
 if TYPE_CHECKING:
     from suite.core.models import Job
@@ -32,7 +39,6 @@ if TYPE_CHECKING:
 HUEY_NAME = "suite"
 CLAIMED = (datetime(1970, 1, 1), False)  # a worker runs it; Huey reads it as a revoke that has expired
 REVOKED = (None, False)  # what Huey's revoke_by_id writes: revoked for good
-SQLITE_MAX_PARAMS = 500
 
 
 class JobTask:
@@ -89,10 +95,6 @@ def is_job(task: Any) -> bool:
     return bool(getattr(task, "suite_job", False))
 
 
-def revoke_key(job_id: str) -> str:
-    return f"r:{job_id}"  # Huey's Task.revoke_id
-
-
 class JobsHuey:
     """Our additions to Huey: the task registry, a stopping flag, our hooks, claims, unknown tasks failed."""
 
@@ -115,6 +117,8 @@ class JobsHuey:
         huey.signal(S.SIGNAL_INTERRUPTED)(state.on_interrupted)
         huey.signal(S.SIGNAL_REVOKED)(state.on_revoked)
         huey.signal(S.SIGNAL_EXPIRED)(state.on_expired)
+        if isinstance(huey.storage, ClaimingStorage):  # not inline (Huey's memory storage)
+            huey.storage.claim_value = huey.serializer.serialize(CLAIMED)
 
     def register(self, job_task: JobTask) -> None:
         huey = cast(Any, self)
@@ -125,9 +129,14 @@ class JobsHuey:
             retries=job_task.retries, retry_delay=job_task.retry_delay, name=job_task.name, suite_job=True
         )(job_task.func)
 
+    def serialize_task(self, task: Any) -> bytes:
+        """Huey's message; a job's carries its id ahead for the storage to claim it (claims.py)."""
+        data = cast(bytes, cast(Any, super()).serialize_task(task))
+        return with_claim(task.id, data) if self.claims_in_queue and is_job(task) else data
+
     def deserialize_task(self, data: bytes) -> Any:
         huey = cast(Any, self)
-        message = huey.serializer.deserialize(data)
+        message = huey.serializer.deserialize(split_claim(data)[1])
         try:
             return huey._registry.create_task(message)
         except HueyException:
@@ -140,11 +149,16 @@ class JobsHuey:
 
     def enqueue_job(self, message: Any, data: bytes, event: events.Event) -> None:
         """Publish the job's `queued` event, then queue its serialized message (`data`)."""
+        huey = cast(Any, self)
         try:
             events.get_bus().publish(event)
         except Exception:  # an event bus problem never stops a job
             pass
-        cast(Any, self).enqueue(message)
+        if huey.immediate:
+            huey.enqueue(message)
+        else:  # as Huey's enqueue, without serializing it again
+            huey._emit(S.SIGNAL_ENQUEUED, message)
+            huey.storage.enqueue(data, message.priority)
 
     # --- claims ------------------------------------------------------------------------------------
 
@@ -167,7 +181,8 @@ class JobsHuey:
 
     def _claimed_when_dequeued(self, key: str) -> bool | None:
         """Whether this thread's last dequeue claimed `key` (None: it did not try)."""
-        return None
+        storage = cast(Any, self).storage
+        return storage.claimed(key) if isinstance(storage, ClaimingStorage) else None
 
     def delete(self, key: str) -> bool:
         if key in self._claims:  # Huey ends a run so; the claim is held until the job's state is saved
@@ -188,6 +203,9 @@ class JobsHuey:
         for key in keys:
             storage.delete_data(key)
 
+    def flush_releases(self) -> None:
+        """Delete released claims that wait for the next dequeue (SQLite), now."""
+
     def revoke_unclaimed(self, job_id: str) -> bool:
         """Revoke a job unless a worker has claimed it: True when it will not run (again)."""
         return bool(cast(Any, self).put_if_empty(revoke_key(job_id), REVOKED))
@@ -196,93 +214,37 @@ class JobsHuey:
         raise NotImplementedError("jobs are cancelled one by one: use suite.core.tasks.cancel_job")
 
 
-class ClaimingSqliteStorage(SqliteStorage):
-    """SqliteHuey's storage whose `dequeue` also claims the job it takes, in the same transaction."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.claim_key: Callable[[bytes], str | None] = lambda data: None
-        self.claim_value = b""
-        self._last = threading.local()
-
-    def dequeue(self) -> bytes | None:
-        if not self.sql("select 1 from task where queue = ? limit 1", (self.name,), results=True):
-            return None  # a quick check without the exclusive lock, as Huey's
-        with self.db(commit=True) as curs:
-            curs.execute(
-                "select id, data from task where queue = ? order by priority desc, id limit 1", (self.name,)
-            )
-            row = curs.fetchone()
-            if row is None:
-                return None
-            tid, data = row
-            curs.execute("delete from task where id = ?", (tid,))
-            if curs.rowcount != 1:
-                return None
-            key = self.claim_key(data)
-            if key is not None:
-                curs.execute(
-                    "insert or ignore into kv (queue, key, value) values (?, ?, ?)",
-                    (self.name, key, self.to_blob(self.claim_value)),
-                )
-                self._last.claim = (key, curs.rowcount == 1)
-            return cast(bytes, data)
-
-    def claimed(self, key: str) -> bool | None:
-        last: tuple[str, bool] | None = getattr(self._last, "claim", None)
-        self._last.claim = None
-        return last[1] if last is not None and last[0] == key else None
-
-
 class SqliteJobsHuey(JobsHuey, SqliteHuey):
     claims_in_queue = True
     storage_class = ClaimingSqliteStorage
 
-    def setup_jobs(self) -> None:
-        super().setup_jobs()
-        storage = cast(Any, self).storage
-        if isinstance(storage, ClaimingSqliteStorage):  # not inline (Huey's memory storage)
-            storage.claim_key = self._claim_key
-            storage.claim_value = cast(Any, self).serializer.serialize(CLAIMED)
-
-    def _claim_key(self, data: bytes) -> str | None:
-        huey = cast(Any, self)
-        message = huey.serializer.deserialize(data)
-        try:
-            task_class = huey._registry.string_to_task(message.name)
-        except HueyException:  # unknown here: deserialize_task marks it failed
-            return None
-        return revoke_key(message.id) if is_job(task_class) else None
-
-    def _claimed_when_dequeued(self, key: str) -> bool | None:
-        storage = cast(Any, self).storage
-        return storage.claimed(key) if isinstance(storage, ClaimingSqliteStorage) else None
-
     def _delete_keys(self, keys: list[str]) -> None:
         storage = cast(Any, self).storage
-        for i in range(0, len(keys), SQLITE_MAX_PARAMS):
-            chunk = keys[i : i + SQLITE_MAX_PARAMS]
-            marks = ",".join("?" * len(chunk))
-            storage.sql(f"delete from kv where queue = ? and key in ({marks})", [storage.name, *chunk], True)
+        if isinstance(storage, ClaimingSqliteStorage):
+            storage.release(keys)  # deleted with the next dequeue's write: no fsync of its own
+        else:
+            super()._delete_keys(keys)
+
+    def flush_releases(self) -> None:
+        storage = cast(Any, self).storage
+        if isinstance(storage, ClaimingSqliteStorage):
+            storage.flush_releases()
 
 
 class RedisJobsHuey(JobsHuey, RedisHuey):
     claims_in_queue = True
+    storage_class = ClaimingRedisStorage
     redis_url = ""
 
     def enqueue_job(self, message: Any, data: bytes, event: events.Event) -> None:
-        """One round trip: the `queued` event and the message in one pipeline, the event first."""
+        """One round trip: the `queued` event and the message in one script, the event first."""
         huey = cast(Any, self)
         bus = events.get_bus()
         if huey.immediate or not isinstance(bus, events.RedisBus) or bus.url != self.redis_url:
             super().enqueue_job(message, data, event)
             return
         huey._emit(S.SIGNAL_ENQUEUED, message)
-        storage = huey.storage
-        pipe = storage.conn.pipeline(transaction=False)
-        pipe.publish(events.redis_channel(event.topic), event.json_text)
-        pipe.lpush(storage.queue_key, data)
-        pipe.execute()
+        huey.storage.enqueue_after(events.redis_channel(event.topic), event.json_text, data)
 
     def _delete_keys(self, keys: list[str]) -> None:
         storage = cast(Any, self).storage
@@ -320,6 +282,10 @@ def _build_huey() -> JobsHuey:
             path.parent.mkdir(parents=True, exist_ok=True)
         huey = SqliteJobsHuey(HUEY_NAME, results=False, immediate=immediate, filename=str(path))
     huey.setup_jobs()
+    if not immediate:
+        from suite.core.tasks.workers import schedule_purge
+
+        schedule_purge(huey)
     return huey
 
 

@@ -1,15 +1,16 @@
 """Statements on `core_job` and the connections they run on: short transactions of their own, no ORM session.
 
-Enqueueing writes one row per job before the task is queued; on SQLite that insert runs straight on the pool's
-connection (`insert_job`), the statement compiled once by SQLAlchemy and the values through the column types'
-bind processors, which costs a quarter of a Core execution. Elsewhere (PostgreSQL, tests' bound connection) it is
-a Core insert.
+Enqueueing writes one row per job before the task is queued; on a SQLite file that insert runs on connections
+kept for it (`insert_job`), the statement compiled once by SQLAlchemy and the values through the column types'
+bind processors, which costs a fraction of a Core execution. Elsewhere (PostgreSQL, tests' bound connection) it
+is a Core insert.
 """
 
 from __future__ import annotations
 
 import functools
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,10 +32,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import OperationalError
 
+from suite.core import db
 from suite.core.db import (
     SQLITE_BUSY_TIMEOUT_MS,
     describe_db_error,
-    new_session,
+    get_engine,
     prepare_database,
     session_scope,
 )
@@ -45,6 +47,7 @@ T = TypeVar("T")
 
 PENDING_STATES = ("queued", "retrying")
 JOB_TABLE = cast(Table, Job.__table__)
+MAX_IDLE_INSERTERS = 8
 
 
 @functools.lru_cache(maxsize=64)
@@ -57,7 +60,8 @@ def update_stmt(
 ) -> Update:
     """UPDATE core_job SET <keys> WHERE id = :b_id AND state IN <from_states>, built once per shape.
 
-    `start`: the run's start too (one more attempt; `started_at` stays the first run's, else :b_started).
+    `start`: the run's start too (one more attempt; `started_at` stays the first run's, else :b_started;
+    the worker running it, :b_worker).
     Parameters are `b_<key>`; no expanding IN, so one statement can save many jobs (executemany).
     """
     cols = JOB_TABLE.c
@@ -70,6 +74,7 @@ def update_stmt(
         values["started_at"] = func.coalesce(
             cols.started_at, bindparam("b_started", type_=cols.started_at.type)
         )
+        values["worker_id"] = bindparam("b_worker", type_=cols.worker_id.type)
     return stmt.values(values)
 
 
@@ -128,38 +133,81 @@ def execute(stmt: Update, params: dict[str, Any]) -> bool:
 def insert_job(row: dict[str, Any]) -> None:
     """Insert one job row (every column but `result`) in its own committed transaction."""
     engine = _engine()
-    if engine is None or engine.dialect.name != "sqlite":
+    path = None if engine is None else _sqlite_file(engine)
+    if engine is None or path is None:
         with write_connection() as conn:
             conn.execute(_insert_stmt(), row)
         return
     sql, processors = _sqlite_insert(engine.dialect)
     args = tuple(row[name] if process is None else process(row[name]) for name, process in processors)
-    raw = engine.raw_connection()
+    raw = _inserters.take(engine, path)
     try:
-        cursor = raw.cursor()
-        cursor.execute("PRAGMA busy_timeout=0")
+        when_unlocked(lambda: raw.execute("BEGIN IMMEDIATE"))  # as db.py begins them
         try:
-            when_unlocked(lambda: cursor.execute("BEGIN IMMEDIATE"))  # as db.py begins them
-            try:
-                cursor.execute(sql, args)
-            except BaseException:
-                cursor.execute("ROLLBACK")
-                raise
-            cursor.execute("COMMIT")
-        finally:
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            raw.execute(sql, args)
+        except BaseException:
+            raw.execute("ROLLBACK")
+            raise
+        raw.execute("COMMIT")
     except sqlite3.Error as exc:
-        raise DatabaseError(describe_db_error(OperationalError(sql, args, exc))) from exc
-    finally:
         raw.close()
+        raise DatabaseError(describe_db_error(OperationalError(sql, args, exc))) from exc
+    except BaseException:
+        raw.close()
+        raise
+    _inserters.give(engine, raw)
+
+
+def _sqlite_file(engine: Engine) -> str | None:
+    """The file of a SQLite engine (None: not SQLite, or a memory or URI database)."""
+    database = engine.url.database
+    if (
+        engine.dialect.name != "sqlite"
+        or not database
+        or database == ":memory:"
+        or database.startswith("file:")
+    ):
+        return None
+    return database
+
+
+class _Inserters:
+    """SQLite connections kept for job inserts, beside the engine's pool: busy timeout 0 for good (the lock is
+    waited for by `when_unlocked`), so an insert is BEGIN, INSERT, COMMIT and nothing else."""
+
+    def __init__(self) -> None:
+        self._engine: Engine | None = None
+        self._idle: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def take(self, engine: Engine, path: str) -> sqlite3.Connection:
+        with self._lock:
+            if self._engine is not engine:  # a new engine (settings changed): the old file's go
+                for old in self._idle:
+                    old.close()
+                self._idle, self._engine = [], engine
+            if self._idle:
+                return self._idle.pop()
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        for pragma in ("foreign_keys=ON", "synchronous=NORMAL", "busy_timeout=0"):  # db.py's, but the timeout
+            conn.execute(f"PRAGMA {pragma}")
+        return conn
+
+    def give(self, engine: Engine, conn: sqlite3.Connection) -> None:
+        with self._lock:
+            if self._engine is engine and len(self._idle) < MAX_IDLE_INSERTERS:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+
+_inserters = _Inserters()
 
 
 def _engine() -> Engine | None:
     """The process's engine, or None under `db.bind_to` (tests: writes go into the test's connection)."""
     prepare_database()
-    session = new_session()
-    session.close()
-    return session.bind if isinstance(session.bind, Engine) else None
+    return None if db._override is not None else get_engine()  # _override: db.bind_to's connection
 
 
 @functools.cache

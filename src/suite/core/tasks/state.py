@@ -24,6 +24,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from suite.core.db import utcnow
 from suite.core.models import Job
+from suite.core.tasks import workers
 from suite.core.tasks.notify import publish_status, sender
 from suite.core.tasks.queue import get_huey, is_job
 from suite.core.tasks.redact import error_text, json_safe
@@ -82,9 +83,11 @@ class Change:
 
     started_at: datetime | None = None
     final: Final | None = None
+    worker_id: str | None = None  # the consumer that started it
 
     def then(self, newer: Change) -> None:
-        self.started_at = self.started_at or newer.started_at
+        if self.started_at is None:
+            self.started_at, self.worker_id = newer.started_at, newer.worker_id
         self.final = self.final or newer.final
 
     def apply_to(self, job: Job) -> None:
@@ -114,10 +117,11 @@ class StateWriter:
     _flush_lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
 
-    def start(self, job_id: str, at: datetime) -> None:
+    def start(self, job_id: str, at: datetime, worker_id: str | None = None) -> None:
         with self._cond:
             change = self._change(job_id)
-            change.started_at = change.started_at or at
+            if change.started_at is None:
+                change.started_at, change.worker_id = at, worker_id
 
     def finish(self, job_id: str, final: Final) -> None:
         with self._cond:
@@ -212,7 +216,7 @@ def _save(changes: dict[str, Change], busy_timeout_ms: int | None = None) -> lis
         final, start = change.final, change.started_at
         params: dict[str, Any] = {"b_id": job_id}
         if start is not None:
-            params["b_started"] = start
+            params.update(b_started=start, b_worker=change.worker_id)
         if final is None:
             stmt = update_stmt(PENDING_STATES, ("state", "updated_at"), start=True)
             params.update(b_state="running", b_updated_at=start)
@@ -246,6 +250,10 @@ def flush() -> None:
     """Save and publish every change reported so far (a consumer stopping, tests, `reset`)."""
     writer.flush()
     sender.flush()
+    try:
+        get_huey().flush_releases()
+    except Exception:
+        log.warning("released claims not deleted yet", exc_info=True)
 
 
 # --- hooks and signals ---------------------------------------------------------------------------------
@@ -269,13 +277,22 @@ def on_pre_execute(task: Any) -> None:
     huey = get_huey()
     now = utcnow()
     if huey.claims_jobs and task.retries >= type(task).default_retries:
-        writer.start(task.id, now)  # claimed in the queue, so no cancel can come first: saved with its end
+        writer.start(
+            task.id, now, workers.current_id()
+        )  # claimed in the queue, so no cancel can come first: saved with its end
         return
     # Inline runs and retries: record the start now, unless a cancel came first.
     try:
         stmt = update_stmt(PENDING_STATES, ("state", "updated_at"), start=True, unless_cancelled=True)
         started = execute(
-            stmt, {"b_id": task.id, "b_state": "running", "b_updated_at": now, "b_started": now}
+            stmt,
+            {
+                "b_id": task.id,
+                "b_state": "running",
+                "b_updated_at": now,
+                "b_started": now,
+                "b_worker": workers.current_id(),
+            },
         )
         if started:
             publish_status(task.id, "running")
