@@ -2,7 +2,7 @@
 
 The measurements live in the package (`suite.imagegen.bench`, the same code as `suite imagegen bench`), so they
 run from an installed wheel too; see its docstring. IMAGEGEN_BENCH_ONLY picks benchmarks (default b1,b2,b4,b5;
-also single_file and gpu), IMAGEGEN_BENCH_FAMILIES the architectures of single_file and gpu.
+opt-in: full_size, single_file and gpu), IMAGEGEN_BENCH_FAMILIES the architectures of single_file and gpu.
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ async def _auth(request: Request) -> service.Caller:
             raise Unauthorized("bad basic auth header") from None
     if token:
         return await run_in_threadpool(_token_caller, token, username)
-    from suite.imagegen.api import is_loopback
+    from suite.imagegen.access import is_loopback
 
     if s.a1111_open_on_loopback and is_loopback(request):
         return service.LOCAL
@@ -99,7 +99,7 @@ A1111Caller = Annotated[service.Caller, Depends(_auth)]
 
 
 async def _origin(request: Request) -> None:
-    from suite.imagegen.api import refuse_foreign_origin
+    from suite.imagegen.access import refuse_foreign_origin
 
     refuse_foreign_origin(request)
 
@@ -119,30 +119,52 @@ def _submit(body: A1111Generate, caller: service.Caller, *, img2img: bool) -> tu
 
 
 def _result(job_id: str, body: A1111Generate, worker: Any) -> dict[str, Any]:
+    """The blocked call's answer: from the worker's record of the job and its PNG bytes when it has them (no
+    read back), else from the database and the files."""
+    handle = worker.handle(job_id)
+    pngs = worker.a1111_pngs.pop(job_id, None)
+    read = handle.read if handle is not None else None
+    if read is not None and (pngs is not None or read["status"] == "failed" or not read["images"]):
+        spec = handle.payload["model"]
+        infotexts = handle.result.get("infotexts", [])
+        return _answer(read, spec["name"], spec["short_hash"], infotexts, pngs or [], body)
     from suite.imagegen.models import ImageModel
 
     with session_scope() as session:
         job = service.get_job(session, job_id=job_id)
         model = session.get(ImageModel, job.model_id) if job.model_id else None
-        if job.status == "failed":
-            code = job.error_code or "error"
-            if code in ("lora_incompatible", "corrupt_weights", "not_a_model"):
-                raise _as422(job)
-            raise SuiteError(job.error_message or "generation failed", code=code)
-        images = []
-        if body.send_images:
-            images = [base64.b64encode(service.image_file(im).read_bytes()).decode() for im in job.images]
-        info = service.a1111_info(
-            job, model, [im.infotext for im in job.images], [im.seed for im in job.images]
+        files = [service.image_file(im).read_bytes() for im in job.images] if body.send_images else []
+        return _answer(
+            service.job_read(job),
+            model.name if model else None,
+            model.short_hash if model else None,
+            [im.infotext for im in job.images],
+            files,
+            body,
         )
+
+
+def _answer(
+    read: dict[str, Any],
+    model_name: str | None,
+    model_hash: str | None,
+    infotexts: list[str],
+    pngs: list[bytes],
+    body: A1111Generate,
+) -> dict[str, Any]:
+    if read["status"] == "failed":
+        error = read["error"] or {}
+        code = error.get("code") or "error"
+        if code in ("lora_incompatible", "corrupt_weights", "not_a_model"):
+            from suite.core.errors import ValidationFailed
+
+            raise ValidationFailed(error.get("message") or "invalid request", code=code)
+        raise SuiteError(error.get("message") or "generation failed", code=code)
+    images = [base64.b64encode(png).decode() for png in pngs] if body.send_images else []
+    seeds = [im["seed"] for im in read["images"]]
+    info = service.a1111_info(read, model_name, model_hash, infotexts, seeds)
     params = body.model_dump(exclude={"init_images", "mask"})
-    return {"images": images, "parameters": params, "info": json.dumps(info), "job_id": job_id}
-
-
-def _as422(job: Any) -> SuiteError:
-    from suite.core.errors import ValidationFailed
-
-    return ValidationFailed(job.error_message or "invalid request", code=job.error_code or "validation_error")
+    return {"images": images, "parameters": params, "info": json.dumps(info), "job_id": read["id"]}
 
 
 async def _generate(body: A1111Generate, caller: service.Caller, *, img2img: bool) -> dict[str, Any]:

@@ -10,17 +10,17 @@ import json
 import logging
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from suite.core.auth import OptionalUser
 from suite.core.db import SessionDep, session_scope
-from suite.core.errors import Conflict, Forbidden, Unauthorized, ValidationFailed
+from suite.core.errors import Conflict, ValidationFailed
 from suite.imagegen import formats, infotext, progress, samplers, service
 from suite.imagegen.a1111 import sdapi
+from suite.imagegen.access import AdminDep, CallerDep, check_origin
 from suite.imagegen.models import FINISHED, GenJob
 from suite.imagegen.schemas import (
     DownloadCreate,
@@ -37,78 +37,12 @@ from suite.imagegen.schemas import (
 from suite.imagegen.service import Caller
 
 log = logging.getLogger("suite.imagegen.api")
-LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
-UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 SMALL_FILE = 4 * 1024 * 1024
+RECENT_READ_MAX = 1024 * 1024  # read on the event loop up to this size
+JSON = "application/json"
 
 __all__ = ["pages", "readiness", "router", "sdapi", "shutdown", "startup"]
 
-
-# --- callers and origins ------------------------------------------------------------------------------------
-
-
-def is_loopback(request: Request) -> bool:
-    host = request.client.host if request.client else ""
-    return host in LOOPBACK or host.startswith("127.")
-
-
-def allowed_origins() -> set[str]:
-    from suite.core.config import get_settings
-
-    s = get_settings()
-    return {o.rstrip("/") for o in [*s.server.allowed_origins, *service.settings().allowed_origins]}
-
-
-def origin_allowed(origin: str | None, host: str | None, scheme: str = "http") -> bool:
-    """Same origin as the Host header, or in the allow-list; a missing Origin (non-browser client) is fine."""
-    if not origin:
-        return True
-    origin = origin.rstrip("/")
-    if origin in allowed_origins():
-        return True
-    if host:
-        parts = urlsplit(origin)
-        return parts.netloc == host and parts.scheme in ("http", "https")
-    return False
-
-
-# The dependencies below are `async def` on purpose: they do no I/O, and a sync dependency costs a hop to the
-# thread pool per request (on a loaded 2-core machine each hop is a scheduling delay of its own).
-
-
-async def check_origin(request: Request) -> None:
-    refuse_foreign_origin(request)
-
-
-def refuse_foreign_origin(request: Request) -> None:
-    """403 foreign_origin for a state-changing request from another site (browsers send Origin)."""
-    if request.method in UNSAFE_METHODS and not origin_allowed(
-        request.headers.get("origin"), request.headers.get("host")
-    ):
-        raise Forbidden(
-            f"requests from origin {request.headers.get('origin')!r} are refused", code="foreign_origin"
-        )
-
-
-async def get_caller(request: Request, user: OptionalUser) -> Caller:
-    """A bearer token (or web session) user; anonymous local access from loopback when allowed."""
-    if user is not None:
-        return Caller(user_id=user.id, admin=user.role == "admin")
-    if service.settings().open_on_loopback and is_loopback(request):
-        return service.LOCAL
-    raise Unauthorized("authentication required: send 'Authorization: Bearer <token>'")
-
-
-CallerDep = Annotated[Caller, Depends(get_caller)]
-
-
-async def admin_caller(caller: CallerDep) -> Caller:
-    if not caller.admin:
-        raise Forbidden("admin role required")
-    return caller
-
-
-AdminDep = Annotated[Caller, Depends(admin_caller)]
 
 router = APIRouter(dependencies=[Depends(check_origin)])
 pages = APIRouter(include_in_schema=False)
@@ -124,7 +58,7 @@ def worker() -> Any:
 
 
 def submit_job(
-    session: Session,
+    session: Session | None,
     *,
     req: JobCreate,
     caller: Caller,
@@ -136,7 +70,8 @@ def submit_job(
     """Create the row, commit it, queue it. The queue limit is checked before anything is written."""
     w = worker()
     w.check_capacity()
-    session.rollback()  # end the request's read snapshot; the write below has its own transaction
+    if session is not None:
+        session.rollback()  # end the request's read snapshot; the write below has its own transaction
     with service.write_lock, session_scope() as own:
         job, payload = service.create_job(
             own,
@@ -167,10 +102,59 @@ def live(job: GenJob) -> dict[str, Any]:
     return data
 
 
-@router.post("/jobs", status_code=202, response_model=JobAccepted)
-def create_job(body: JobCreate, session: SessionDep, caller: CallerDep) -> dict[str, Any]:
-    job, position = submit_job(session, req=body, caller=caller)
-    return {"job_id": job.id, "status": "queued", "position": position}
+WaitQuery = Annotated[
+    float | None,
+    Query(ge=0, le=600, description="wait up to this many seconds for the job to finish (no polling needed)"),
+]
+
+
+def read_live(job_id: str, caller: Caller) -> dict[str, Any]:
+    with session_scope() as session:
+        return JobRead.model_validate(
+            live(service.get_job(session, job_id=job_id, caller=caller))
+        ).model_dump(mode="json")
+
+
+async def wait_for(job_id: str, timeout: float) -> bool:
+    """True when the job reached a terminal status within `timeout` seconds (woken by the worker's event)."""
+    from suite.imagegen.worker import current_worker
+
+    w = current_worker()
+    if w is None:
+        return False
+    try:
+        await progress.wait_finished(w, job_id, timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
+@router.post(
+    "/jobs",
+    status_code=202,
+    response_model=JobAccepted,
+    responses={200: {"model": JobRead, "description": "with `wait`: the finished job"}},
+)
+async def create_job(body: JobCreate, caller: CallerDep, wait: WaitQuery = None) -> Response:
+    """Queue a job (202 with its id). With `wait`, answer when it finishes instead: 200 with the job (its
+    images' URLs), or 202 when it is still queued or running after `wait` seconds."""
+
+    def submit() -> tuple[str, int]:
+        job, position = submit_job(None, req=body, caller=caller)
+        return job.id, position
+
+    job_id, position = await run_in_threadpool(submit)
+    if wait and await wait_for(job_id, wait):
+        handle = worker().handle(job_id)
+        if handle is not None and handle.read is not None:  # the worker's record: no read back
+            return Response(JobRead.model_validate(handle.read).model_dump_json(), media_type=JSON)
+        return JSONResponse(await run_in_threadpool(read_live, job_id, caller), status_code=200)
+    status = "queued"
+    if wait:  # still queued or running after `wait` seconds
+        handle = worker().handle(job_id)
+        if handle is not None:
+            status, position = handle.status, worker().position(job_id) or 0
+    return JSONResponse({"job_id": job_id, "status": status, "position": position}, status_code=202)
 
 
 @router.get("/jobs", response_model=JobPage)
@@ -190,8 +174,12 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobRead)
-def read_job(job_id: str, session: SessionDep, caller: CallerDep) -> dict[str, Any]:
-    return live(service.get_job(session, job_id=job_id, caller=caller))
+async def read_job(job_id: str, caller: CallerDep, wait: WaitQuery = None) -> dict[str, Any]:
+    """The job; with `wait`, a long poll: answers when it finishes or after `wait` seconds."""
+    data = await run_in_threadpool(read_live, job_id, caller)
+    if wait and data["status"] not in FINISHED and await wait_for(job_id, wait):
+        data = await run_in_threadpool(read_live, job_id, caller)
+    return data
 
 
 @router.delete("/jobs/{job_id}")
@@ -221,7 +209,6 @@ def sse(event: str, data: dict[str, Any]) -> str:
 @router.get("/jobs/{job_id}/events")
 async def job_events(job_id: str, caller: CallerDep) -> StreamingResponse:
     """Server-sent events: a snapshot, then job.progress / job.preview / job.status until the end."""
-    from starlette.concurrency import run_in_threadpool
 
     def snapshot() -> dict[str, Any]:
         with session_scope() as session:
@@ -264,25 +251,50 @@ async def job_events(job_id: str, caller: CallerDep) -> StreamingResponse:
 
 
 @router.get("/images/{image_id}")
-def read_image(
-    image_id: int,
-    session: SessionDep,
-    caller: CallerDep,
-    thumb: Annotated[int | None, Query(ge=16, le=1024)] = None,
+async def read_image(
+    image_id: int, caller: CallerDep, thumb: Annotated[int | None, Query(ge=16, le=1024)] = None
 ) -> Response:
-    image = service.get_image(session, image_id=image_id, caller=caller)
-    path = service.image_file(image)
-    if thumb:
-        from PIL import Image
+    """The PNG (its parameters chunk intact), or a thumbnail. A recent image is read on the event loop (small
+    file, page cache); otherwise one thread-pool hop for the row and the bytes."""
+    if not thumb:
+        fresh = recent_png(image_id, caller)
+        if fresh is not None:
+            return Response(fresh, media_type="image/png")
 
-        with Image.open(path) as img:
-            img.thumbnail((thumb, thumb))
-            buf = io.BytesIO()
-            img.save(buf, format="PNG")
-        return Response(buf.getvalue(), media_type="image/png")
-    if path.stat().st_size <= SMALL_FILE:  # one read here beats FileResponse's thread hops per chunk
-        return Response(path.read_bytes(), media_type="image/png")
-    return FileResponse(path, media_type="image/png")
+    def load() -> Response:
+        with session_scope() as session:
+            path = service.image_file(service.get_image(session, image_id=image_id, caller=caller))
+        if thumb:
+            from PIL import Image
+
+            with Image.open(path) as img:
+                img.thumbnail((thumb, thumb))
+                buf = io.BytesIO()
+                img.save(buf, format="PNG")
+            return Response(buf.getvalue(), media_type="image/png")
+        if path.stat().st_size <= SMALL_FILE:  # one read here beats FileResponse's thread hops per chunk
+            return Response(path.read_bytes(), media_type="image/png")
+        return FileResponse(path, media_type="image/png")
+
+    return await run_in_threadpool(load)
+
+
+def recent_png(image_id: int, caller: Caller) -> bytes | None:
+    """The bytes of an image the worker wrote recently, when `caller` may see it; None: ask the database."""
+    from suite.imagegen.worker import current_worker
+
+    w = current_worker()
+    entry = w.recent_images.get(image_id) if w is not None else None
+    if entry is None:
+        return None
+    path, owner, size = entry
+    if size > RECENT_READ_MAX or not (caller.admin or owner == caller.user_id):
+        return None
+    try:
+        return path.read_bytes()
+    except OSError:  # deleted since: the database path answers (404)
+        w.forget_image(image_id)
+        return None
 
 
 @router.delete("/images/{image_id}")

@@ -135,13 +135,13 @@ def run(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         fail(f"cannot create output folder {out}: {exc.strerror or exc}")
-    with session_scope() as session:
-        job, payload = service.create_job(session, req=req, origin="cli")
-        job_id = job.id
-        for warning in job.warnings:
-            info(f"note: {warning}")
-    worker = Worker().start(recover=False)
+    worker = Worker().start(recover=False)  # first: a device owned by another process refuses before any row
     try:
+        with session_scope() as session:
+            job, payload = service.create_job(session, req=req, origin="cli")
+            job_id = job.id
+            for warning in job.warnings:
+                info(f"note: {warning}")
         worker.submit(payload, owner_user_id=None, client_id=None, origin="cli")
         handle = worker.handle(job_id)
         assert handle is not None
@@ -529,7 +529,7 @@ def samplers(as_json: JsonOpt = False) -> None:
 @app.command()
 def bench(
     only: Annotated[
-        str | None, typer.Option(help="Comma list of b1,b2,b4,b5 (default) and single_file, gpu.")
+        str | None, typer.Option(help="Comma list of b1,b2,b4,b5 (default) and full_size, single_file, gpu.")
     ] = None,
     threads: Annotated[str, typer.Option(help="Thread counts for throughput, e.g. 1,2.")] = "1,2",
     family: Annotated[

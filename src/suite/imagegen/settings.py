@@ -52,5 +52,8 @@ class ImagegenSettings(Section):
     cpu_offload: bool = False
     channels_last: bool = False
     compile: bool = Field(False, description="torch.compile the UNet (GPU only)")
+    device_lock_wait_s: float = Field(
+        0, ge=0, description="wait this long for a device another process's worker holds (0: refuse at once)"
+    )
     idle_unload_s: float | None = Field(None, gt=0)
     memory_margin_mb: float = Field(512, ge=0, description="refuse loads leaving less free memory than this")

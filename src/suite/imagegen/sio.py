@@ -17,7 +17,7 @@ _server: Any = None
 
 
 def _origin_ok(origin: str | None, environ: dict[str, Any]) -> bool:
-    from suite.imagegen.api import origin_allowed
+    from suite.imagegen.access import origin_allowed
 
     return origin_allowed(origin, environ.get("HTTP_HOST"))
 

@@ -2,109 +2,33 @@
 
 A FIFO of job ids; queued jobs can be cancelled (they never run), a running job stops at its next step.
 Events (`job.status`, `job.progress`, `job.preview`, `engine.state`, `model.load_progress`) go to subscribers
-(SSE, Socket.IO) and to core's event bus when it is there. torch is imported on the worker thread only.
+(SSE, Socket.IO) and to core's event bus when it is there. torch is imported on the worker thread only. A lock
+file per device (`devicelock`) keeps a second process's worker off a device this one owns. What the thread does
+with one job is in `runner`.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
-import io
 import logging
-import os
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from suite.core.db import session_scope, utcnow
-from suite.core.errors import Conflict, NotFound, RateLimited, SuiteError, Unavailable
-from suite.imagegen import infotext, service
-from suite.imagegen.models import FINISHED, GenImage, GenJob, ImageModel, JobLora, Lora
+from suite.core.errors import Conflict, NotFound, RateLimited, Unavailable
+from suite.imagegen import runner, service
+from suite.imagegen.devicelock import DeviceLock
+from suite.imagegen.handles import BusForwarder, JobHandle, Listener
+from suite.imagegen.models import FINISHED, GenJob
 
 log = logging.getLogger("suite.imagegen.worker")
-Listener = Callable[[str, dict[str, Any]], None]
-
-
-class OutputWriteFailed(SuiteError):
-    code = "output_write_failed"
-    status_code = 500
-
-
-@dataclass
-class Signals:
-    cancel: threading.Event = field(default_factory=threading.Event)
-    interrupt: threading.Event = field(default_factory=threading.Event)
-    skip: threading.Event = field(default_factory=threading.Event)
-
-
-@dataclass
-class JobHandle:
-    id: str
-    payload: dict[str, Any]
-    owner_user_id: int | None = None
-    client_id: str | None = None
-    origin: str = "native"
-    status: str = "queued"
-    step: int = 0
-    total: int = 0
-    signals: Signals = field(default_factory=Signals)
-    done: threading.Event = field(default_factory=threading.Event)
-    result: dict[str, Any] = field(default_factory=dict)
-    created: float = field(default_factory=time.monotonic)
-    last_progress: float = 0.0
-    started: float | None = None
-
-
-class BusForwarder:
-    """Job events to core's event bus (other processes, WebSocket topics) from a thread of its own, so a slow
-    bus (Redis) never delays a generation step. Bounded: progress is dropped before a status is."""
-
-    LIMIT = 1000
-
-    def __init__(self) -> None:
-        self._queue: deque[tuple[str, dict[str, Any]]] = deque()
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-
-    def send(self, event: str, data: dict[str, Any]) -> None:
-        with self._cond:
-            if len(self._queue) >= self.LIMIT and event in ("job.progress", "job.preview"):
-                return
-            self._queue.append((event, data))
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="imagegen-events", daemon=True)
-                self._thread.start()
-            self._cond.notify()
-
-    def _run(self) -> None:
-        from suite.core import events
-
-        while True:
-            with self._cond:
-                if not self._queue and not self._cond.wait(timeout=5):
-                    self._thread = None
-                    return  # idle: the next event starts a new thread
-                batch = list(self._queue)
-                self._queue.clear()
-            for event, data in batch:
-                try:
-                    events.publish(events.job_topic(data["job_id"]), event, data)
-                except Exception as exc:  # the bus being down never stops generation
-                    log.debug("imagegen event not published on the bus: %s", exc)
-
-    def flush(self, timeout: float = 2.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._cond:
-                if not self._queue:
-                    return
-            time.sleep(0.01)
+RECENT_IMAGES = 256
+A1111_PNGS = 8
 
 
 class Worker:
@@ -114,8 +38,12 @@ class Worker:
         device: str | None = None,
         threads: int | None = None,
         queue_limit: int | None = None,
+        lock_wait_s: float | None = None,
     ) -> None:
         s = service.settings()
+        self.lock_wait_s = s.device_lock_wait_s if lock_wait_s is None else lock_wait_s
+        self.device_lock: DeviceLock | None = None
+        self.ml: Any = None
         self.device_setting = device or s.device
         self.threads = threads or s.threads
         self.queue_limit = queue_limit or s.queue_limit
@@ -138,6 +66,10 @@ class Worker:
         self.last_activity = time.monotonic()
         self.engine_info: dict[str, Any] = {"state": "starting", "device": self.device_setting, "model": None}
         self._bus = BusForwarder()
+        # recent images for GET /images/{id} without a database read: id -> (path, owner, size)
+        self.recent_images: OrderedDict[int, tuple[Path, int | None, int]] = OrderedDict()
+        # A1111 jobs' PNG bytes until their blocked call answers (a few, not a cache)
+        self.a1111_pngs: OrderedDict[str, list[bytes]] = OrderedDict()
 
     # lifecycle ----------------------------------------------------------------------------------------------
     def start(self, *, wait: bool = True, recover: bool = True) -> Worker:
@@ -333,8 +265,11 @@ class Worker:
 
             self.ml = ml
             s = service.settings()
+            device = ml.resolve_device(self.device_setting)
+            self.device_lock = DeviceLock(device)
+            self.device_lock.acquire(wait_s=self.lock_wait_s)  # before any pipeline exists on the device
             self.engine = ml.Engine(
-                device=self.device_setting,
+                device=device,
                 dtype=s.dtype,
                 threads=self.threads,
                 options=self.options,
@@ -344,8 +279,10 @@ class Worker:
             self.engine.bind_owner()
             self._publish_engine()
             if recover:
-                self._recover()
+                runner.recover(self)
         except BaseException as exc:
+            if self.device_lock is not None:
+                self.device_lock.release()
             self._start_error = exc
             self.engine_info = {
                 "state": "error",
@@ -382,7 +319,7 @@ class Worker:
                 self._publish_engine()
             elif h is not None:
                 try:
-                    self._run(h)
+                    runner.run_job(self, h)
                 finally:
                     with self._cond:
                         self.current = None
@@ -414,7 +351,13 @@ class Worker:
         with contextlib.suppress(Exception):
             if self.engine is not None:
                 self.engine.unload()
+        if self.device_lock is not None:
+            self.device_lock.release()
         self._bus.flush()
+
+    def ensure_model(self, spec: dict[str, Any]) -> float:
+        """Load `spec`'s model unless it is resident (worker thread only); the load time in ms."""
+        return runner.ensure_model(self, spec)
 
     def _publish_engine(self) -> None:
         """Broadcast the engine's state when it changed (not after every job)."""
@@ -425,184 +368,21 @@ class Worker:
             self.engine_info = info
         self.emit("engine.state", dict(self.engine_info))
 
-    def _recover(self) -> None:
-        """After a restart: running and queued A1111 jobs -> interrupted; queued native ones re-queued."""
-        with service.write_lock, session_scope() as s:
-            from sqlalchemy import select
+    def remember_images(self, h: JobHandle, image_ids: list[int], saved: Any) -> None:
+        """Keep where a finished job's images are (and an A1111 job's PNG bytes) for its caller's next read."""
+        with self._cond:
+            for image_id, path, data in zip(image_ids, saved.paths, saved.data, strict=True):
+                self.recent_images[image_id] = (path, h.owner_user_id, len(data))
+            while len(self.recent_images) > RECENT_IMAGES:
+                self.recent_images.popitem(last=False)
+            if h.origin == "a1111":
+                self.a1111_pngs[h.id] = list(saved.data)
+                while len(self.a1111_pngs) > A1111_PNGS:
+                    self.a1111_pngs.popitem(last=False)
 
-            rows = list(
-                s.scalars(
-                    select(GenJob).where(GenJob.status.in_(("queued", "running"))).order_by(GenJob.created_at)
-                )
-            )
-            for job in rows:
-                if job.id in self._handles:
-                    continue
-                if job.status == "running" or job.origin != "native" or job.mode != "txt2img":
-                    job.status = "interrupted"
-                    job.finished_at = utcnow()
-                    job.error_code = "interrupted"
-                    job.error_message = "the server stopped while this job was queued or running"
-                    continue
-                model = s.get(ImageModel, job.model_id) if job.model_id else None
-                if model is None:
-                    job.status = "failed"
-                    job.error_code = "model_not_found"
-                    job.error_message = "its model was removed"
-                    continue
-                loras = []
-                for jl in s.scalars(select(JobLora).where(JobLora.job_id == job.id)):
-                    lora = s.get(Lora, jl.lora_id)
-                    if lora is not None:
-                        loras.append((lora.name, jl.weight, str(service.lora_path(lora)), lora.short_hash))
-                payload = {
-                    "job_id": job.id,
-                    "model": service.model_spec(model),
-                    "loras": loras,
-                    "init_image": None,
-                    "mask": None,
-                    "a1111": False,
-                }
-                h = JobHandle(
-                    id=job.id, payload=payload, owner_user_id=job.owner_user_id, client_id=job.client_id
-                )
-                self._handles[h.id] = h
-                self._queue.append(h.id)
-
-    def ensure_model(self, spec: dict[str, Any]) -> float:
-        """Load the job's model when another (or none) is resident; returns the load time in ms."""
-        if self.engine.model_key == spec["sha256"] and self.engine.state == "loaded":
-            return 0.0
-        t0 = time.perf_counter()
-
-        def progress(done: int, total: int, phase: str) -> None:
-            self.emit(
-                "model.load_progress", {"model_id": spec["id"], "done": done, "total": total, "phase": phase}
-            )
-
-        config = None
-        if spec.get("config_skeleton"):
-            from suite.imagegen import skeletons
-
-            config = skeletons.ensure(spec["config_skeleton"])  # bundled ones build their tokenizer once
-        self.engine.load_cancel.clear()
-        self.engine.state = "loading"
-        self._publish_engine()
-        try:
-            self.engine.load(
-                Path(spec["path"]), key=spec["sha256"], single_file_config=config, progress=progress
-            )
-        except BaseException:
-            if self.engine.state == "loading":  # refused before the engine changed anything
-                self.engine.state = "loaded" if self.engine.pipe is not None else "idle"
-            raise
-        finally:
-            self._publish_engine()
-        return (time.perf_counter() - t0) * 1000
-
-    def _run(self, h: JobHandle) -> None:
-        ml = self.ml
-        with service.write_lock, session_scope() as s:
-            job = s.get(GenJob, h.id)
-            if job is None or job.status != "queued":
-                h.status = job.status if job is not None else "cancelled"
-                self._finish(h)
-                return
-            job.status = "running"
-            job.started_at = utcnow()
-            job.queue_ms = (job.started_at - job.created_at).total_seconds() * 1000
-            p = dict(job.params)
-            h.total = job.total_steps
-        h.status = "running"
-        h.started = time.monotonic()
-        self._status_event(h)
-        fields: dict[str, Any] = {}
-        error: dict[str, str] | None = None
-        written: list[Path] = []
-        try:
-            fields["load_ms"] = self.ensure_model(h.payload["model"])
-            req = ml.GenRequest(
-                mode=p["mode"],
-                prompt=p["prompt"],
-                negative_prompt=p.get("negative_prompt", ""),
-                sampler=p["sampler"],
-                schedule=p.get("schedule"),
-                a1111=bool(h.payload.get("a1111")),
-                steps=p["steps"],
-                cfg_scale=p["cfg_scale"],
-                width=p["width"],
-                height=p["height"],
-                seed=p["seed"],
-                batch_size=p["batch_size"],
-                n_iter=p["n_iter"],
-                clip_skip=p.get("clip_skip", 1),
-                loras=[(n, w, Path(f)) for n, w, f, _h in h.payload.get("loras", [])],
-                init_image=h.payload.get("init_image"),
-                mask=h.payload.get("mask"),
-                strength=p.get("strength", 0.75),
-            )
-            tokens = self.engine.encode_tokens(req.prompt)
-            if tokens > 77:
-                fields["warnings"] = [f"prompt has {tokens} tokens; CLIP truncated it to 77"]
-            preview_every = int(p.get("preview_every") or service.settings().preview_every or 0)
-            t0 = time.perf_counter()
-            result = self.engine.generate(
-                req,
-                signals=h.signals,
-                on_step=lambda it, step, lat: self._on_step(h, req, it, step, lat, preview_every),
-            )
-            fields["gen_ms"] = (time.perf_counter() - t0) * 1000
-            self._progress(h, h.total, h.total, "saving", force=True)
-            t1 = time.perf_counter()
-            written = self._save(h, p, result)
-            fields["save_ms"] = (time.perf_counter() - t1) * 1000
-            h.status = "interrupted" if result.interrupted else "succeeded"
-            h.result["seeds"] = result.seeds
-        except ml.JobCancelled:
-            h.status = "interrupted" if self._stopping else "cancelled"
-        except ml.LoadCancelled as exc:
-            h.status = "interrupted" if self._stopping else "cancelled"
-            error = None if self._stopping else {"code": exc.code, "message": exc.message}
-            if self.engine.state == "loading":
-                self.engine.state = "idle"
-        except BaseException as exc:
-            h.status = "failed"
-            if ml.is_oom(exc):
-                ml.free_memory(self.engine.device)
-                error = {"code": "out_of_memory", "message": f"out of memory: {service.OOM_ADVICE}"}
-            elif isinstance(exc, SuiteError):
-                error = {"code": exc.code, "message": exc.message}
-            else:
-                log.exception("imagegen job %s failed", h.id)
-                error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
-            if self.engine.state in ("loading", "unloading"):
-                self.engine.state = "idle"
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            try:
-                with service.write_lock, session_scope() as s:
-                    job = s.get(GenJob, h.id)
-                    if job is not None:
-                        job.status = h.status
-                        job.finished_at = utcnow()
-                        job.step = h.step
-                        for key in ("load_ms", "gen_ms", "save_ms"):
-                            if key in fields:
-                                setattr(job, key, round(fields[key], 3))
-                        if fields.get("warnings"):
-                            job.warnings = [*(job.warnings or []), *fields["warnings"]]
-                        if error:
-                            job.error_code, job.error_message = error["code"], error["message"]
-                        for row in h.result.pop("rows", []):
-                            s.add(GenImage(**row))
-            except BaseException:
-                for path in written:
-                    path.unlink(missing_ok=True)
-                raise
-            finally:
-                self._publish_engine()
-                self._finish(h, error)
+    def forget_image(self, image_id: int) -> None:
+        with self._cond:
+            self.recent_images.pop(image_id, None)
 
     def _finish(self, h: JobHandle, error: dict[str, str] | None = None) -> None:
         h.done.set()
@@ -611,111 +391,6 @@ class Worker:
         if len(self._handles) > 1000:
             for key in [k for k, v in self._handles.items() if v.done.is_set()][:500]:
                 self._handles.pop(key, None)
-
-    def _on_step(self, h: JobHandle, req: Any, it: int, step: int, latents: Any, preview_every: int) -> None:
-        h.step = it * req.steps + step
-        self._progress(h, h.step, h.total, "sampling")
-        if preview_every and latents is not None and step % preview_every == 0:
-            for index, png in enumerate(self.ml.latents_preview(latents)):
-                self.emit(
-                    "job.preview",
-                    {
-                        "job_id": h.id,
-                        "step": h.step,
-                        "index": index,
-                        "png_b64": base64.b64encode(png).decode(),
-                    },
-                )
-
-    def _progress(self, h: JobHandle, done: int, total: int, phase: str, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and done < total and now - h.last_progress < self.progress_interval:
-            return
-        h.last_progress = now
-        elapsed = now - (h.started or now)
-        eta = elapsed / done * (total - done) if done else None
-        self.emit(
-            "job.progress",
-            {
-                "job_id": h.id,
-                "done": done,
-                "total": total,
-                "message": phase,
-                "phase": phase,
-                "eta_s": round(eta, 3) if eta is not None else None,
-            },
-        )
-
-    def _save(self, h: JobHandle, p: dict[str, Any], result: Any) -> list[Path]:
-        """PNG files (tmp, fsync, rename) with the A1111 parameters chunk; rows are added with the job."""
-        from PIL.PngImagePlugin import PngInfo
-
-        model = h.payload["model"]
-        lora_hashes = {n: short for n, _w, _f, short in h.payload.get("loras", [])}
-        day = utcnow().strftime("%Y/%m/%d")
-        root = service.outputs_root()
-        written: list[Path] = []
-        rows = []
-        texts = []
-        try:
-            folder = root / day
-            folder.mkdir(parents=True, exist_ok=True)
-            for idx, (img, seed) in enumerate(zip(result.images, result.seeds, strict=True)):
-                text = infotext.build(
-                    prompt=p["prompt"],
-                    negative_prompt=p.get("negative_prompt", ""),
-                    steps=p["steps"],
-                    sampler=p["sampler"],
-                    schedule=p.get("schedule"),
-                    cfg_scale=p["cfg_scale"],
-                    seed=seed,
-                    width=img.width,
-                    height=img.height,
-                    model_hash=model["short_hash"],
-                    model_name=model["name"],
-                    clip_skip=p.get("clip_skip", 1),
-                    lora_hashes=lora_hashes,
-                    denoising_strength=p.get("strength") if p["mode"] != "txt2img" else None,
-                )
-                rel = f"{day}/{h.id}-{idx}.png"
-                path = root / rel
-                tmp = path.with_name(path.name + ".tmp")
-                info = PngInfo()
-                info.add_text("parameters", text)
-                buf = io.BytesIO()
-                img.save(buf, format="PNG", pnginfo=info)
-                data = buf.getvalue()
-                try:
-                    with tmp.open("wb") as fh:
-                        fh.write(data)
-                        fh.flush()
-                        os.fsync(fh.fileno())
-                    os.replace(tmp, path)
-                finally:
-                    tmp.unlink(missing_ok=True)
-                written.append(path)
-                rows.append(
-                    {
-                        "job_id": h.id,
-                        "idx": idx,
-                        "seed": seed,
-                        "relpath": rel,
-                        "width": img.width,
-                        "height": img.height,
-                        "sha256": hashlib.sha256(data).hexdigest(),
-                        "bytes": len(data),
-                        "infotext": text,
-                    }
-                )
-                texts.append(text)
-        except OSError as exc:
-            for path in written:
-                path.unlink(missing_ok=True)
-            raise OutputWriteFailed(f"cannot write images under {root}: {exc.strerror or exc}") from None
-        h.result["rows"] = rows
-        h.result["infotexts"] = texts
-        h.result["paths"] = [str(w) for w in written]
-        return written
 
 
 _worker: Worker | None = None
