@@ -125,7 +125,7 @@ async def _http_bench(base_url: str) -> dict[str, Any]:
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
-                    break
+                    continue  # read to the end, as a plain SSE client does: the connection is reused
                 obj = json.loads(data)
                 for choice in obj.get("choices") or []:
                     content = (choice.get("delta") or {}).get("content")

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-from .helpers import Server, db_rows, fast_env, make_user, scripted_options
+from conftest import artifacts_dir
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from .helpers import Server, db_rows, fast_env, make_user, scripted_options
 
 
 @pytest.fixture
 def page_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed")
-    pytest.importorskip("playwright")
     fast_env(monkeypatch, messages_per_minute=1000)
     scripted_options(monkeypatch, tokens=40, token_delay_s=0.05)
     user_id, _ = make_user("pat")
@@ -33,15 +28,13 @@ def page_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignor
     server.stop()
 
 
-def test_chat_page(page_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from playwright.sync_api import expect, sync_playwright
+def test_chat_page(browser, page_server) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
 
     server, cookie = page_server
-    artifacts = Path(os.environ.get("TEST_ARTIFACTS_DIR", tmp_path))
-    artifacts.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        context = browser.new_context()
+    artifacts = artifacts_dir()
+    context = browser.new_context()
+    try:
         context.add_cookies([{"name": "suite_session", "value": cookie, "url": server.url}])
         page = context.new_page()
         page.goto(server.url + "/chat/")
@@ -74,4 +67,5 @@ def test_chat_page(page_server, tmp_path: Path) -> None:  # type: ignore[no-unty
         assert stored["status"] == "complete"
         expect(page.locator(".msg.assistant").last).to_have_text(stored["content"])
         page.screenshot(path=str(artifacts / "chat-page-resumed.png"), full_page=True)
-        browser.close()
+    finally:
+        context.close()

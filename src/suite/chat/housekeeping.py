@@ -49,7 +49,7 @@ async def purge_broker(*, keep_days: int) -> dict[str, int]:
             return {"reply_streams_expired": 0, "dead_letters_trimmed": 0}
         client = broker.client  # type: ignore[attr-defined]
         prefix = broker.prefix  # type: ignore[attr-defined]
-        ttl = broker.settings.reply_ttl_s
+        ttl = broker.settings.reply_ttl_s  # type: ignore[attr-defined]
         fixed = 0
         async for key in client.scan_iter(match=f"{prefix}reply:*", count=500):
             if await client.ttl(key) == -1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from suite.chat.settings import chat_settings
 from suite.core.errors import NotFound
 
 
@@ -34,7 +35,7 @@ def model_names() -> list[str]:
     from suite.core.config import get_settings
 
     settings = get_settings()
-    names = [settings.chat.default_model, settings.llm.default, *settings.llm.providers]
+    names = [chat_settings().default_model, settings.llm.default, *settings.llm.providers]
     names += [n for n in llm.provider_names() if n != "scripted"]  # the implicit test provider stays unlisted
     return list(dict.fromkeys(n for n in names if n))
 

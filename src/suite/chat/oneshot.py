@@ -6,6 +6,7 @@ import time
 from typing import Any, TextIO
 
 from suite.chat import service
+from suite.chat.settings import chat_settings
 from suite.chat.text import check_text, message_tokens
 
 
@@ -97,9 +98,8 @@ def ask(
     stream_to: TextIO | None = None,
 ) -> dict[str, Any]:
     from suite.chat.llm import get_provider, runtime_of
-    from suite.core.config import get_settings
 
-    chat = get_settings().chat
+    chat = chat_settings()
     check_text(prompt)
     history: list[dict[str, str]] = []
     user_id = None

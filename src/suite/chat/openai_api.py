@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from suite.chat.schemas import OAIChatRequest
+from suite.chat.settings import chat_settings
 from suite.chat.text import BadText, check_text
 from suite.core.errors import SuiteError
 
@@ -160,9 +161,8 @@ async def workers_alive(runtime: Any) -> bool:
 
 async def _limits(runtime: Any, key: dict[str, Any]) -> tuple[str, int]:
     """Per-key rpm, tpm and concurrency; returns the concurrency counter key to release."""
-    from suite.core.config import get_settings
 
-    defaults = get_settings().chat.api_limits
+    defaults = chat_settings().api_limits
     own = key["limits"]
     rpm = own["rpm"] or defaults.rpm
     tpm = own["tpm"] or defaults.tpm
@@ -228,9 +228,8 @@ def build_router(prefix: str) -> APIRouter:
 async def _completions(request: Request) -> Any:
     from suite.chat.broker.base import BrokerUnavailable
     from suite.chat.runtime_state import get_runtime
-    from suite.core.config import get_settings
 
-    chat = get_settings().chat
+    chat = chat_settings()
     key = await authenticate(request)
     try:
         body = json.loads(await request.body())

@@ -197,7 +197,7 @@ class ChatRuntime:
             futures = db_thread().submit_many(ops)
             if len(futures) > 1:
                 futures[1].add_done_callback(_quiet)
-            sub = await futures[0]
+            sub: service.Submitted = await futures[0]
             if len(futures) > 1 and not sub.duplicate:
                 offer_job(rid, futures[1])
         except BaseException:

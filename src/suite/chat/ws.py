@@ -26,6 +26,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from suite import __version__
 from suite.chat.schemas import CLIENT_FRAMES
+from suite.chat.settings import chat_settings
 from suite.chat.text import BadText, check_tree
 from suite.core.errors import RateLimited, SuiteError
 
@@ -96,7 +97,7 @@ def allowed_origins(ws: WebSocket) -> set[str]:
     settings = get_settings()
     host = ws.headers.get("host", "")
     own = {f"http://{host}", f"https://{host}"} if host else set()
-    extra = {*settings.chat.allowed_origins, *settings.server.allowed_origins}
+    extra = {*chat_settings().allowed_origins, *settings.server.allowed_origins}
     return {o.rstrip("/").lower() for o in own | extra}
 
 
@@ -169,10 +170,9 @@ async def endpoint(ws: WebSocket) -> None:
     global _connections
     from suite.chat.db import run_db
     from suite.chat.runtime_state import get_runtime
-    from suite.core.config import get_settings
 
     scrub_query(ws.scope)  # type: ignore[arg-type]
-    chat = get_settings().chat
+    chat = chat_settings()
     origin = ws.headers.get("origin")
     if origin and origin.rstrip("/").lower() not in allowed_origins(ws):
         log.warning("websocket from disallowed origin %s refused", origin[:200])
@@ -255,13 +255,12 @@ async def _close(ws: WebSocket, code: int, reason: str = "") -> None:
 
 class Connection:
     def __init__(self, ws: WebSocket, auth: dict[str, Any], runtime: Any) -> None:
-        from suite.core.config import get_settings
 
         self.ws = ws
         self.auth = auth
         self.user_id: int = auth["user_id"]
         self.runtime = runtime
-        self.s = get_settings().chat
+        self.s = chat_settings()
         self.out: asyncio.Queue[str] = asyncio.Queue()
         self.out_bytes = 0
         self.tails: dict[str, asyncio.Task[Any]] = {}
@@ -445,9 +444,12 @@ class Connection:
             old.cancel()
         task = asyncio.create_task(self._tail(request_id, client_request_id, after_seq))
         self.tails[client_request_id] = task
-        task.add_done_callback(
-            lambda t, k=client_request_id: self.tails.pop(k, None) if self.tails.get(k) is t else None
-        )
+
+        def forget(t: asyncio.Task[Any], k: str = client_request_id) -> None:
+            if self.tails.get(k) is t:
+                self.tails.pop(k, None)
+
+        task.add_done_callback(forget)
 
     async def _tail(self, request_id: str, client_request_id: str, after_seq: int) -> None:
         try:

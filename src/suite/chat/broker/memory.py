@@ -140,7 +140,7 @@ class MemoryBroker:
     async def reclaim(self, consumer: str, *, count: int = 10) -> list[Entry]:
         min_idle = self.settings.min_idle_ms / 1000
         now = _now()
-        out = []
+        out: list[Entry] = []
         for entry_id, pending in list(self._pending.items()):
             if len(out) >= count:
                 break

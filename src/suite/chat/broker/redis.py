@@ -6,6 +6,7 @@ ids whose entry was trimmed are acked away, NOGROUP (a restart without persisten
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -72,14 +73,16 @@ def _unavailable(exc: Exception) -> BrokerUnavailable:
 class RedisBroker:
     kind = "redis"
 
-    def __init__(self, url: str, settings: ChatSettings) -> None:
+    def __init__(self, url: str, settings: ChatSettings, *, client: Any = None) -> None:
+        """`client` replaces the pool built from `url` (the unit tier passes a fakeredis client)."""
         self.url = url
         self.settings = settings
         p = settings.redis_prefix
         self.req_key = f"{p}req"
         self.dead_key = f"{p}req:dead"
         self.prefix = p
-        self.client = aioredis.Redis.from_url(
+        factory: Any = aioredis.Redis.from_url  # types-redis has redis 4's stubs, not redis 8's signatures
+        self.client: Any = client or factory(
             url,
             decode_responses=True,
             health_check_interval=30,
@@ -151,7 +154,7 @@ class RedisBroker:
                 )
             )
 
-        async def both() -> list[Any]:
+        async def both() -> Any:
             pipe = self.client.pipeline(transaction=False)
             keys, args = self._append_args(request_id, [("status", Frame.encode(status))], create=True)
             await self._append(keys=keys, args=args, client=pipe)
@@ -175,7 +178,9 @@ class RedisBroker:
         out: dict[str, int] = {}
         for entry_id in ids:
             rows = await self._group_call(
-                lambda i=entry_id: self.client.xpending_range(self.req_key, GROUP, min=i, max=i, count=1)
+                functools.partial(
+                    self.client.xpending_range, self.req_key, GROUP, min=entry_id, max=entry_id, count=1
+                )
             )
             if rows:
                 out[entry_id] = int(rows[0]["times_delivered"])
@@ -269,12 +274,12 @@ class RedisBroker:
         rows = await self._call(lambda: self.client.xrange(self.dead_key))
         for entry_id, fields in rows:
             if fields.get("request_id") == request_id:
-                await self._call(lambda e=entry_id: self.client.xdel(self.dead_key, e))
+                await self._call(functools.partial(self.client.xdel, self.dead_key, entry_id))
                 return dict(fields)
         return None
 
     async def pending(self) -> dict[str, Any]:
-        async def run() -> list[Any]:
+        async def run() -> Any:
             pipe = self.client.pipeline(transaction=False)
             pipe.xlen(self.req_key)
             pipe.xlen(self.dead_key)
@@ -391,7 +396,7 @@ class RedisBroker:
     async def rate_hit(self, key: str, *, limit: int, window_s: int = 60, amount: int = 1) -> float | None:
         full, left = self._window(key, window_s)
 
-        async def run() -> list[Any]:
+        async def run() -> Any:
             pipe = self.client.pipeline(transaction=True)
             pipe.incrby(full, amount)
             pipe.expire(full, window_s + 1)
@@ -408,7 +413,7 @@ class RedisBroker:
     async def counter_add(self, key: str, delta: int, *, ttl_s: int = 600) -> int:
         full = f"{self.prefix}n:{key}"
 
-        async def run() -> list[Any]:
+        async def run() -> Any:
             pipe = self.client.pipeline(transaction=True)
             pipe.incrby(full, delta)
             pipe.expire(full, ttl_s)

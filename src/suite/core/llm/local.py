@@ -257,7 +257,10 @@ class LocalEngine:
 
     def _load_blocking(self) -> None:
         if self.runtime is not None:
-            return
+            if getattr(self.runtime, "alive", True):
+                return
+            log.warning("the local model process exited; loading the model again")
+            self.runtime = None
         spec = self.spec
         started = time.perf_counter()
         info: dict[str, Any] = {
@@ -269,13 +272,20 @@ class LocalEngine:
             if spec.runtime == "llamacpp":
                 self.runtime = LlamaCppRuntime(spec.model.path, threads=spec.threads, n_ctx=spec.n_ctx)
             else:
-                from suite.core.llm import ml
+                missing = _missing(TRANSFORMERS_MODULES)
+                if missing:
+                    raise ImportError(f"No module named {missing[0]!r}")
+                # Conversion, load and decoding run in a child process (see child.py: the GIL).
+                from suite.core.llm.child import ChildRuntime
 
-                built = ml.build_cached_copy(spec.model.path, spec.copy_dir, source_sha256=spec.model.sha256)
+                runtime = ChildRuntime(
+                    spec.model.path, spec.copy_dir, sha256=spec.model.sha256, threads=spec.threads
+                )
+                built = runtime.copy_info
                 info.update(
                     copy_dir=str(spec.copy_dir), copy_built=built["built"], copy_seconds=built["seconds"]
                 )
-                self.runtime = ml.TransformersRuntime(spec.copy_dir, threads=spec.threads)
+                self.runtime = runtime
         except ImportError as exc:
             command = LLAMACPP_INSTALL if spec.runtime == "llamacpp" else TRANSFORMERS_INSTALL
             raise ProviderNotInstalled(
@@ -359,6 +369,9 @@ class LocalEngine:
         return str(self.runtime.render(messages))
 
     def shutdown(self) -> None:
+        close = getattr(self.runtime, "close", None)
+        if close is not None:  # the child process of the transformers runtime, once its requests finish
+            self._executor.submit(close)
         self._executor.shutdown(wait=False)
 
 
