@@ -15,6 +15,7 @@ import typer
 from suite import __version__
 from suite.core import cli_utils
 from suite.core.auth_cli import secrets_app, tokens_app, users_app
+from suite.core.cli_options import HostOption, PortOption, ReloadOption, WorkerOption
 from suite.core.cli_utils import emit
 
 app = typer.Typer(
@@ -130,17 +131,10 @@ def worker(
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Bind address (default from config: 127.0.0.1).")] = None,
-    port: Annotated[
-        int | None, typer.Option(min=0, max=65535, help="Port (default from config: 8000).")
-    ] = None,
-    reload: Annotated[bool, typer.Option("--reload", help="Restart on code changes (development).")] = False,
-    worker: Annotated[
-        bool | None,
-        typer.Option(
-            "--worker/--no-worker", help="Run an embedded job consumer (default: server.embedded_worker)."
-        ),
-    ] = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    reload: ReloadOption = False,
+    worker: WorkerOption = None,
 ) -> None:
     """Serve every domain in one app: /api/v1/<domain>, pages under /<domain>/, /healthz, /readyz, /docs."""
     from suite.core.server import run_server

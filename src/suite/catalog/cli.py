@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from suite.core.cli_options import HostOption, PortOption, ReloadOption, WorkerOption
 from suite.core.cli_utils import emit, info
 
 app = typer.Typer(help="Movie catalog.", no_args_is_help=True)
@@ -50,14 +51,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Bind address (default from config: 127.0.0.1).")] = None,
-    port: Annotated[
-        int | None, typer.Option(min=0, max=65535, help="Port (default from config: 8000).")
-    ] = None,
-    reload: Annotated[bool, typer.Option("--reload", help="Restart on code changes (development).")] = False,
-    worker: Annotated[
-        bool, typer.Option("--worker/--no-worker", help="Run an embedded job consumer.")
-    ] = True,
+    host: HostOption = None,
+    port: PortOption = None,
+    reload: ReloadOption = False,
+    worker: WorkerOption = None,
 ) -> None:
     """Serve the catalog alone: /api/v1/catalog, pages under /catalog/, /healthz, /readyz."""
     from suite.core.server import run_server

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from suite.core.cli_options import HostOption, PortOption
 from suite.core.cli_utils import emit, fail, info
 
 app = typer.Typer(help="Streaming chat.", no_args_is_help=True)
@@ -31,10 +32,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Bind address (default from config: 127.0.0.1).")] = None,
-    port: Annotated[
-        int | None, typer.Option(min=0, max=65535, help="Port (default from config: 8000).")
-    ] = None,
+    host: HostOption = None,
+    port: PortOption = None,
     worker: Annotated[
         bool | None,
         typer.Option("--worker/--no-worker", help="Run an embedded chat worker (always with memory)."),
