@@ -15,9 +15,14 @@ moves one round, not the comparison.
   enqueue to the task starting (a wall-clock stamp written by the task). SqliteHuey polls, so a pickup waits
   for the next poll (0 to 0.1 s): the idle time has a random part, and the figure is a median.
 
+- split costs (diagnostics, `split_costs`): with the consumer stopped (SIGSTOP), N more jobs are queued, then
+  it drains them: CPU and wall ms per job of the producer alone (`producer_*`) and of the consumer alone
+  (`consumer_*`, from /proc), and redis-server's CPU in each phase (`redis_cpu_*`, from INFO cpu).
+
 overhead = raw jobs/s / our jobs/s - 1 (target under 0.2); overhead_saved uses saved_jobs_per_s. Redis: a
 redis-server is started on a free port unless SUITE_BENCH_REDIS_URL names one (its database is flushed).
-`python benchmarks/bench_jobs.py` prints the JSON result; SUITE_BENCH_QUICK=1 runs fewer jobs, one round.
+`python benchmarks/bench_jobs.py` prints the JSON result; SUITE_BENCH_QUICK=1 runs fewer jobs, one round;
+SUITE_BENCH_BACKENDS=redis (or sqlite) runs one backend.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ JOBS = 300 if QUICK else 2000
 ROUNDS = 1 if QUICK else 3  # raw and ours take turns; figures are medians over the rounds
 PICKUPS = 6 if QUICK else 8
 IDLE_S = 0.3  # idle time before each pickup (plus a random part, so enqueues do not lock onto the poll phase)
+BACKENDS = os.environ.get("SUITE_BENCH_BACKENDS", "sqlite,redis").split(",")  # a subset while tuning
 MAX_DELAY = 0.1  # both consumers (ours: jobs.max_polling_delay's default)
 
 
@@ -238,12 +244,64 @@ class Side:
             time.sleep(0.01)
 
 
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _redis_cpu(url: str | None) -> float:
+    if not url:
+        return 0.0
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        info = client.info("cpu")
+        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+    finally:
+        client.close()
+
+
+def split_costs(side: Side, n: int) -> dict[str, float]:
+    """Producer and consumer apart: the consumer stopped (SIGSTOP) while n jobs are queued, then let go to
+    drain them. CPU per job (ms) of this process while it queues, of the consumer while it drains, and of
+    redis-server in each phase; wall per job of each phase."""
+    assert side.proc is not None
+    path = side._stamp_path()
+    side.proc.send_signal(signal.SIGSTOP)
+    try:
+        r0, c0, w0 = _redis_cpu(side.redis_url), time.process_time(), time.perf_counter()
+        for _ in range(n):
+            side.enqueue_noop()
+        side.enqueue_stamp(path)
+        w1, c1, r1 = time.perf_counter(), time.process_time(), _redis_cpu(side.redis_url)
+        k0 = _proc_cpu(side.proc.pid)
+    finally:
+        side.proc.send_signal(signal.SIGCONT)
+    _wait_file(path, side.proc)
+    w2, k1, r2 = time.perf_counter(), _proc_cpu(side.proc.pid), _redis_cpu(side.redis_url)
+    per = 1000 / (n + 1)
+    result = {
+        "producer_cpu_ms": round((c1 - c0) * per, 4),
+        "producer_wall_ms": round((w1 - w0) * per, 4),
+        "consumer_cpu_ms": round((k1 - k0) * per, 4),
+        "consumer_wall_ms": round((w2 - w1) * per, 4),
+    }
+    if side.redis_url:
+        result["redis_cpu_enqueue_ms"] = round((r1 - r0) * per, 4)
+        result["redis_cpu_drain_ms"] = round((r2 - r1) * per, 4)
+    return result
+
+
 def measure(kind: str, backend: str, data: Path, redis_url: str | None) -> dict[str, Any]:
     """One round of one side: throughput, then pickup latencies (seconds, under "latencies")."""
     side = Side(kind, backend, data, redis_url)
     with side.running():
         result: dict[str, Any] = side.throughput(JOBS)
         side.check_done(JOBS + 2)  # the warm-up and the final stamp too
+        result.update(split_costs(side, JOBS))
+        side.check_done(2 * JOBS + 3)
         latencies = []
         rng = random.Random(7)
         for _ in range(PICKUPS):
@@ -348,12 +406,14 @@ def run() -> dict[str, Any]:
     }
     with tempfile.TemporaryDirectory(prefix="suite-bench-jobs-") as tmp:
         data = Path(tmp)
-        results["sqlite"] = compare("sqlite", data, None)
-        with redis_server(data) as url:
-            results["redis"] = compare("redis", data, url)
+        if "sqlite" in BACKENDS:
+            results["sqlite"] = compare("sqlite", data, None)
+        if "redis" in BACKENDS:
+            with redis_server(data) as url:
+                results["redis"] = compare("redis", data, url)
     results["summary"] = {
         f"{backend}_{key}": results[backend][side][key] if side else results[backend][key]
-        for backend in ("sqlite", "redis")
+        for backend in BACKENDS
         for key, side in (
             ("jobs_per_s", "ours"),
             ("overhead", None),

@@ -456,10 +456,8 @@ class Worker:
             )
 
     def job(self, job_id: str) -> Job:
-        with session_scope() as session:
-            job = session.get(Job, job_id)
-        assert job is not None
-        return job
+        with session_scope() as session:  # get_job: writes the rows this process queued first
+            return tasks.get_job(session, job_id=job_id)
 
     def wait_state(self, job_id: str, *states: str, timeout: float = 30) -> Job:
         def reached() -> Job | None:

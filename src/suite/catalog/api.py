@@ -456,7 +456,7 @@ def start_seed(data: s.SeedRequest, session: SessionDep, user: Admin) -> dict[st
         seeding.check_lock()
         options = seeding.SeedOptions(source=data.source, path=data.path, limit=data.limit, ids=data.ids)
         run_id = seeding.create_run(options, seeding.build_source(options))
-    job = enqueue(seed_run, owner_id=user.id, params={"run_id": run_id}, run_id=run_id)
+    job = enqueue(seed_run, owner_id=user.id, params={"run_id": run_id}, run_id=run_id, flush=True)
     return {"run_id": run_id, "job_id": job.id}
 
 
@@ -497,7 +497,9 @@ def start_enrich(data: s.EnrichRequest, session: SessionDep, user: Admin) -> dic
 
     session.commit()
     session.close()
-    job = enqueue(enrich_job, owner_id=user.id, field=data.field, force=data.force, limit=data.limit)
+    job = enqueue(
+        enrich_job, owner_id=user.id, field=data.field, force=data.force, limit=data.limit, flush=True
+    )
     return {"job_id": job.id}
 
 
@@ -523,7 +525,7 @@ def rebuild_embeddings(
         raise Unavailable(problem, code="semantic_unavailable")
     session.commit()
     session.close()
-    job = enqueue(embed_job, owner_id=user.id, limit=limit)
+    job = enqueue(embed_job, owner_id=user.id, limit=limit, flush=True)
     return {"job_id": job.id}
 
 

@@ -77,6 +77,9 @@ TopicRule = Callable[[Session, Principal, str], bool]
 
 
 def _job_rule(session: Session, principal: Principal, topic: str) -> bool:
+    from suite.core.tasks.rows import rows
+
+    rows.flush()  # a job this process queued a moment ago: its row first
     job = session.get(Job, topic.split(".")[1])
     return job is not None and job.owner_id is not None and job.owner_id == principal.user_id
 

@@ -6,7 +6,7 @@ and reports progress through `progress(job_id)`. Job status lives in `core_job`,
 interrupted, with retrying between attempts. Task arguments are stored in plain form: never pass a secret.
 
 The modules: `queue` (the Huey instance, `@task`, claims), `claims` (storages that claim as they dequeue),
-`jobs` (enqueue, list/get/cancel, purge), `state` (hooks and signals, the batching state writer), `sql`
+`jobs` (enqueue, list/get/cancel, purge), `rows` (queued rows written behind the queue), `state` (hooks and signals, the batching state writer), `sql`
 (statements and their connections), `notify` (job events), `progress`, `consumer` (`suite worker`, the embedded
 one), `workers` (heartbeats, jobs of lost workers, the scheduled purge), `redact` (secrets kept out of
 arguments, errors and logs). Everything public is importable from here.
@@ -109,9 +109,11 @@ def reset() -> None:
     """Forget the cached Huey (tests, after a settings change), once pending changes are saved. Declared
     tasks stay declared."""
     from suite.core.tasks import queue, state
+    from suite.core.tasks.rows import rows
 
     state.flush()
     state.writer.clear()
+    rows.clear()
     queue.forget_huey()
 
 

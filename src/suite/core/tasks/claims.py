@@ -3,7 +3,8 @@
 A job's queued message carries its job id ahead of Huey's serialized message (`with_claim`), so a storage can
 claim the job without unpickling anything: SQLite in the transaction that takes the message off the queue,
 Redis in one script with the RPOP (one round trip, as Huey's own BRPOP). Messages without it (Huey's own
-tasks) are taken as Huey takes them.
+tasks) are taken as Huey takes them. After the id comes the job's row as JSON (rows.py `meta`), for a
+consumer that runs the job before the producer's row is written.
 """
 
 from __future__ import annotations
@@ -21,16 +22,22 @@ def revoke_key(job_id: str) -> str:
     return f"r:{job_id}"  # Huey's Task.revoke_id
 
 
-def with_claim(job_id: str, data: bytes) -> bytes:
-    return b"".join((CLAIM_MARK, job_id.encode(), b"\x00", data))
+def with_claim(job_id: str, data: bytes, meta: bytes = b"") -> bytes:
+    """`meta`: JSON (a list: "[", never a NUL byte), or empty."""
+    return b"".join((CLAIM_MARK, job_id.encode(), b"\x00", meta, b"\x00" if meta else b"", data))
 
 
-def split_claim(data: bytes) -> tuple[str | None, bytes]:
-    """(job id, Huey's message) of a queued message; the id is None when it carries none."""
+def split_claim(data: bytes) -> tuple[str | None, bytes, bytes]:
+    """(job id, meta, Huey's message) of a queued message; the id is None and meta empty when it carries
+    none (pickles start with b"\\x80", zlib with b"x", meta with b"[")."""
     if data[:5] != CLAIM_MARK:
-        return None, data
+        return None, b"", data
     end = data.index(b"\x00", 5)
-    return data[5:end].decode(), data[end + 1 :]
+    job_id = data[5:end].decode()
+    if data[end + 1 : end + 2] != b"[":
+        return job_id, b"", data[end + 1 :]
+    stop = data.index(b"\x00", end + 1)
+    return job_id, data[end + 1 : stop], data[stop + 1 :]
 
 
 class ClaimingStorage:
@@ -97,7 +104,7 @@ class ClaimingSqliteStorage(ClaimingStorage, SqliteStorage):
             curs.execute("delete from task where id = ?", (tid,))
             if curs.rowcount != 1:
                 return None
-            job_id, _ = split_claim(data)
+            job_id = split_claim(data)[0]
             if job_id is not None:
                 key = revoke_key(job_id)
                 curs.execute(

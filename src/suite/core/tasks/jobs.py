@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
-import uuid
 from datetime import timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Select, delete, func, inspect, select, update
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, configure_mappers, make_transient_to_detached
+from sqlalchemy.orm import Session, configure_mappers
 
 from suite.core.db import session_scope, utcnow
 from suite.core.errors import Conflict, NotFound, Unavailable, UsageError, ValidationFailed
 from suite.core.models import FINISHED_JOB_STATES, Job, User
-from suite.core.tasks.notify import publish_status, status_event
+from suite.core.tasks.notify import publish_status
 from suite.core.tasks.queue import JobTask, get_huey, queue_name
 from suite.core.tasks.redact import check_no_secrets
+from suite.core.tasks.rows import meta, queued_row, rows
 from suite.core.tasks.sql import PENDING_STATES, insert_job
 from suite.core.tasks.state import writer
 
@@ -32,13 +33,16 @@ def enqueue(
     params: dict[str, Any] | None = None,
     domain: str | None = None,
     session: Session | None = None,
+    flush: bool = False,
     **kwargs: Any,
 ) -> Job:
-    """Record a queued job, commit it, then queue the task with Huey task id == job id.
+    """Queue the task with Huey task id == job id, and record the queued job.
 
     `kwargs` go to the task after the job id; `params` (default: kwargs) is what users see. Neither may hold a
-    secret. Pass the caller's `session` to write the row in it (it is committed). When the queue does not
-    answer the row is removed and `Unavailable` names the queue (Redis or the SQLite file).
+    secret. When the queue does not answer, `Unavailable` names it (Redis or the SQLite file) and no row is
+    left. By default the row is written behind the queue (rows.py): this process reads it at once, others
+    within a few ms. `flush=True` writes it before queueing, as does passing the caller's `session` (the row
+    is added to it and committed).
     """
     if not isinstance(task_fn, JobTask):
         raise TypeError(f"{task_fn!r} is not declared with suite.core.tasks.task")
@@ -46,33 +50,21 @@ def enqueue(
     if params is not None:
         shown = check_no_secrets(params, "job params")
     huey = get_huey()
-    job_id = str(uuid.uuid4())
+    job_id = new_job_id()
+    row = queued_row(
+        job_id, domain or task_fn.domain, task_fn.name, owner_id, task_fn.retries, shown, utcnow()
+    )
     message = huey.job_tasks[task_fn.key].task_class((job_id,), kwargs, id=job_id)
+    message.suite_meta = meta(row)
     try:
         data = huey.serialize_task(message)
     except Exception as exc:
         raise UsageError(f"arguments of task {task_fn.name} cannot be serialized: {exc}") from exc
-    now = utcnow()
-    row = {
-        "id": job_id,
-        "domain": domain or task_fn.domain,
-        "name": task_fn.name,
-        "owner_id": owner_id,
-        "state": "queued",
-        "attempts": 0,
-        "max_retries": task_fn.retries,
-        "progress_done": 0,
-        "progress_total": None,
-        "message": None,
-        "error": None,
-        "params": shown,
-        "cancel_requested": False,
-        "created_at": now,
-        "started_at": None,
-        "finished_at": None,
-        "updated_at": now,
-        "worker_id": None,
-    }
+    if session is None and not flush and not huey.immediate:
+        _queue(huey, message, data, job_id)
+        rows.add(row)
+        return _detached(row)
+    job: Job
     if session is None:
         insert_job(row)  # result: left out, so it is SQL NULL, not JSON null
         job = _detached(row)
@@ -80,11 +72,11 @@ def enqueue(
         job = Job(**row, result=None)
         session.add(job)
         session.commit()
-    try:  # the queued event goes first, so no worker can say "running" before it
-        huey.enqueue_job(message, data, status_event(job_id, "queued"))
-    except Exception as exc:
-        _forget(job, session, exc)
-        raise Unavailable(f"job not queued: {queue_name()} does not answer ({exc})") from exc
+    try:
+        _queue(huey, message, data, job_id)
+    except Unavailable:
+        _forget(job, session)
+        raise
     if huey.immediate:  # it ran inline: return the row as it ended
         if session is not None:
             session.refresh(job)
@@ -92,6 +84,21 @@ def enqueue(
             with session_scope() as own:
                 job = own.get(Job, job_id) or job
     return job
+
+
+def _queue(huey: Any, message: Any, data: bytes, job_id: str) -> None:
+    """Queue the message, its `queued` event first (so no worker can say "running" before it). When the
+    queue's answer was lost (a timeout), the message may have arrived anyway: it is revoked, so it never
+    runs (a consumer that takes it cancels it, and writes no row: the producer never wrote one)."""
+    try:
+        huey.enqueue_job(message, data)
+    except Exception as exc:
+        if isinstance(exc, TimeoutError) or type(exc).__name__ == "TimeoutError":  # redis' is no builtin one
+            try:
+                huey.revoke_unclaimed(job_id)
+            except Exception:
+                pass
+        raise Unavailable(f"job not queued: {queue_name()} does not answer ({exc})") from exc
 
 
 @functools.cache
@@ -104,18 +111,22 @@ def _detached(row: dict[str, Any]) -> Job:
     """The job as if loaded by a session that has closed (no attribute events: cheaper than `Job(...)`)."""
     job = _job_class_manager().new_instance()
     job.__dict__.update(row, result=None)  # as a loader fills a row's attributes
-    make_transient_to_detached(job)
+    state = inspect(job)
+    state.key = (Job, (row["id"],), None)  # what make_transient_to_detached sets; nothing is pending
     return job
 
 
-def _forget(job: Job, session: Session | None, exc: Exception) -> None:
-    """Remove the row of a job that was not queued. When the queue's answer was lost (a timeout), the
-    message may have arrived anyway: it is revoked, so it never runs without its row."""
-    if isinstance(exc, TimeoutError) or type(exc).__name__ == "TimeoutError":  # redis' is no builtin one
-        try:
-            get_huey().revoke_unclaimed(job.id)
-        except Exception:
-            pass
+def new_job_id() -> str:
+    """A random UUID (version 4) as text: uuid.uuid4() without its object."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _forget(job: Job, session: Session | None) -> None:
+    """Remove the row of a job that was not queued."""
     try:
         if session is not None:
             session.delete(job)
@@ -139,7 +150,9 @@ def _visible(stmt: Select[Any], user: User | None) -> Select[Any]:
 def get_job(session: Session, *, job_id: str, user: User | None = None) -> Job:
     """A job; NotFound when unknown or owned by someone else (admins and `user=None` see all).
 
-    Changes this process's consumer has not saved yet are shown (state.py's writer)."""
+    Changes this process's consumer has not saved yet are shown (state.py's writer), and rows it queued
+    (rows.py's writer) are written first."""
+    rows.flush()
     job = session.get(Job, job_id)
     if job is None or (user is not None and user.role != "admin" and job.owner_id != user.id):
         raise NotFound(f"job {job_id} not found")
@@ -170,6 +183,7 @@ def list_jobs(
         raise ValidationFailed("limit must be between 1 and 200")
     if offset < 0:
         raise ValidationFailed("offset must be >= 0")
+    rows.flush()
     stmt = _filtered(select(Job), user, state, domain).order_by(Job.created_at.desc(), Job.id.desc())
     return list(session.scalars(stmt.limit(limit).offset(offset)))
 
@@ -177,6 +191,7 @@ def list_jobs(
 def count_jobs(
     session: Session, *, user: User | None, state: str | None = None, domain: str | None = None
 ) -> int:
+    rows.flush()
     stmt = _filtered(select(func.count()).select_from(Job), user, state, domain)
     return int(session.scalar(stmt) or 0)
 
@@ -189,6 +204,7 @@ def cancel_job(session: Session, *, job_id: str, user: User | None) -> Job:
 
     Conflict when it already finished. The change is flushed; the caller's session commits it.
     """
+    rows.flush()
     session.flush()  # the caller's own changes first: a retry below rolls back
     for attempt in range(5):
         try:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+import uuid
 from typing import Any
 
 from suite.core import events
@@ -82,4 +84,30 @@ def publish_status(job_id: str, state: str) -> None:
 
 
 def status_event(job_id: str, state: str) -> events.Event:
-    return events.make_event(events.job_topic(job_id), "job.status", {"job_id": job_id, "state": state})
+    """A job.status event, built without validation: a job id (a UUID) always makes a valid topic."""
+    return events.Event.model_construct(
+        id=uuid.uuid4().hex,
+        topic=events.job_topic(job_id),
+        type="job.status",
+        data={"job_id": job_id, "state": state},
+        ts=time.time(),
+    )
+
+
+def queued_event(job_id: str) -> events.Event:
+    """The `queued` job.status of a new job; its id is the job's (one per job)."""
+    return events.Event.model_construct(
+        id=job_id.replace("-", ""),
+        topic=events.job_topic(job_id),
+        type="job.status",
+        data={"job_id": job_id, "state": "queued"},
+        ts=time.time(),
+    )
+
+
+def queued_json(job_id: str) -> str:
+    """`queued_event(job_id).json_text`, written directly (job ids are UUIDs: nothing to escape)."""
+    return (
+        f'{{"id":"{job_id.replace("-", "")}","topic":"jobs.{job_id}","type":"job.status",'
+        f'"data":{{"job_id":"{job_id}","state":"queued"}},"ts":{time.time()!r}}}'
+    )

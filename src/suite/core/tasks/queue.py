@@ -130,28 +130,37 @@ class JobsHuey:
         )(job_task.func)
 
     def serialize_task(self, task: Any) -> bytes:
-        """Huey's message; a job's carries its id ahead for the storage to claim it (claims.py)."""
+        """Huey's message; a job's carries its id and row (`suite_meta`) ahead for the storage to claim it
+        and a consumer to make its row (claims.py)."""
         data = cast(bytes, cast(Any, super()).serialize_task(task))
-        return with_claim(task.id, data) if self.claims_in_queue and is_job(task) else data
+        if self.claims_in_queue and is_job(task):
+            return with_claim(task.id, data, getattr(task, "suite_meta", b""))
+        return data
 
     def deserialize_task(self, data: bytes) -> Any:
         huey = cast(Any, self)
-        message = huey.serializer.deserialize(split_claim(data)[1])
+        _, meta, data = split_claim(data)
+        message = huey.serializer.deserialize(data)
         try:
-            return huey._registry.create_task(message)
+            task = huey._registry.create_task(message)
         except HueyException:
             from suite.core.tasks import state
 
-            state.unknown_task(message.id, message.name)
+            state.unknown_task(message.id, message.name, meta)
             raise
+        if meta:
+            task.suite_meta = meta
+        return task
 
     # --- enqueue -----------------------------------------------------------------------------------
 
-    def enqueue_job(self, message: Any, data: bytes, event: events.Event) -> None:
+    def enqueue_job(self, message: Any, data: bytes) -> None:
         """Publish the job's `queued` event, then queue its serialized message (`data`)."""
+        from suite.core.tasks.notify import queued_event
+
         huey = cast(Any, self)
         try:
-            events.get_bus().publish(event)
+            events.get_bus().publish(queued_event(message.id))
         except Exception:  # an event bus problem never stops a job
             pass
         if huey.immediate:
@@ -236,15 +245,18 @@ class RedisJobsHuey(JobsHuey, RedisHuey):
     storage_class = ClaimingRedisStorage
     redis_url = ""
 
-    def enqueue_job(self, message: Any, data: bytes, event: events.Event) -> None:
+    def enqueue_job(self, message: Any, data: bytes) -> None:
         """One round trip: the `queued` event and the message in one script, the event first."""
+        from suite.core.tasks.notify import queued_json
+
         huey = cast(Any, self)
         bus = events.get_bus()
         if huey.immediate or not isinstance(bus, events.RedisBus) or bus.url != self.redis_url:
-            super().enqueue_job(message, data, event)
+            super().enqueue_job(message, data)
             return
         huey._emit(S.SIGNAL_ENQUEUED, message)
-        huey.storage.enqueue_after(events.redis_channel(event.topic), event.json_text, data)
+        topic = events.job_topic(message.id)
+        huey.storage.enqueue_after(events.redis_channel(topic), queued_json(message.id), data)
 
     def _delete_keys(self, keys: list[str]) -> None:
         storage = cast(Any, self).storage
@@ -287,6 +299,11 @@ def _build_huey() -> JobsHuey:
 
         schedule_purge(huey)
     return huey
+
+
+def built_huey() -> Any | None:
+    """The process's Huey if it was built, else None (never builds one, never reads settings)."""
+    return _huey
 
 
 def forget_huey() -> None:

@@ -1,9 +1,10 @@
 """Statements on `core_job` and the connections they run on: short transactions of their own, no ORM session.
 
-Enqueueing writes one row per job before the task is queued; on a SQLite file that insert runs on connections
-kept for it (`insert_job`), the statement compiled once by SQLAlchemy and the values through the column types'
-bind processors, which costs a fraction of a Core execution. Elsewhere (PostgreSQL, tests' bound connection) it
-is a Core insert.
+Job rows are inserted in batches (`insert_jobs`, rows.py's writer) with ON CONFLICT: a consumer may have made
+the row first (`job_stub`), and the producer's insert then sets only what it knows better (`job_upsert`). On a
+SQLite file the inserts run on connections kept for them, the statement compiled once by SQLAlchemy and the
+values through the column types' bind processors, which costs a fraction of a Core execution. Elsewhere
+(PostgreSQL, tests' bound connection) it is a Core executemany.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from sqlalchemy import (
     Update,
     bindparam,
     func,
-    insert,
     or_,
+    select,
     update,
 )
 from sqlalchemy.exc import OperationalError
@@ -132,26 +133,40 @@ def execute(stmt: Update, params: dict[str, Any]) -> bool:
 
 def insert_job(row: dict[str, Any]) -> None:
     """Insert one job row (every column but `result`) in its own committed transaction."""
+    insert_jobs([row])
+
+
+def insert_jobs(rows: list[dict[str, Any]]) -> None:
+    """Insert job rows (every column but `result`) in one committed transaction: `job_upsert`, so a row a
+    consumer made first keeps its state."""
     engine = _engine()
     path = None if engine is None else _sqlite_file(engine)
     if engine is None or path is None:
         with write_connection() as conn:
-            conn.execute(_insert_stmt(), row)
+            conn.execute(job_upsert(conn.dialect), rows)
         return
-    sql, processors = _sqlite_insert(engine.dialect)
-    args = tuple(row[name] if process is None else process(row[name]) for name, process in processors)
+    sql, processors = _sqlite_upsert(engine.dialect)
+    args = [  # None stays NULL: `params` (JSON, where None would be 'null') is never None
+        tuple(
+            v if (v := row[name]) is None or process is None else process(v) for name, process in processors
+        )
+        for row in rows
+    ]
     raw = _inserters.take(engine, path)
     try:
         when_unlocked(lambda: raw.execute("BEGIN IMMEDIATE"))  # as db.py begins them
         try:
-            raw.execute(sql, args)
+            if len(args) == 1:
+                raw.execute(sql, args[0])
+            else:
+                raw.executemany(sql, args)
         except BaseException:
             raw.execute("ROLLBACK")
             raise
         raw.execute("COMMIT")
     except sqlite3.Error as exc:
         raw.close()
-        raise DatabaseError(describe_db_error(OperationalError(sql, args, exc))) from exc
+        raise DatabaseError(describe_db_error(OperationalError(sql, args[:1], exc))) from exc
     except BaseException:
         raw.close()
         raise
@@ -204,27 +219,69 @@ class _Inserters:
 _inserters = _Inserters()
 
 
+def bound() -> bool:
+    """Whether writes go into a test's connection (`db.bind_to`)."""
+    return db._override is not None
+
+
 def _engine() -> Engine | None:
     """The process's engine, or None under `db.bind_to` (tests: writes go into the test's connection)."""
     prepare_database()
     return None if db._override is not None else get_engine()  # _override: db.bind_to's connection
 
 
-@functools.cache
-def _insert_stmt() -> Insert:
-    return insert(JOB_TABLE)
+# What the producer of a job knows better than a consumer that made its row first (never its state).
+PRODUCER_KEYS = ("domain", "name", "owner_id", "max_retries", "params", "created_at")
+
+
+def _row_insert(dialect: Dialect) -> Any:
+    """INSERT of every column but `result` (left out: SQL NULL, not JSON null), in the dialect's own form
+    (ON CONFLICT). An owner that no longer exists is left out (NULL), so one such row never blocks a batch."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect_insert: Callable[[Table], Any]
+    if dialect.name == "postgresql":
+        dialect_insert = postgresql.insert
+    elif dialect.name == "sqlite":
+        dialect_insert = sqlite.insert
+    else:
+        raise DatabaseError(f"job rows need SQLite or PostgreSQL, not {dialect.name}")
+    from suite.core.models import User
+
+    values: dict[str, Any] = {
+        c.name: bindparam(c.name, type_=c.type) for c in JOB_TABLE.c if c.name != "result"
+    }
+    owner = bindparam("owner_id", type_=JOB_TABLE.c.owner_id.type)
+    values["owner_id"] = select(User.id).where(User.id == owner).scalar_subquery()
+    return dialect_insert(JOB_TABLE).values(values)
+
+
+@functools.lru_cache(maxsize=4)
+def job_upsert(dialect: Dialect) -> Insert:
+    """The producer's insert: a row that exists (a consumer made it) gets PRODUCER_KEYS only."""
+    stmt = _row_insert(dialect)
+    return cast(
+        Insert,
+        stmt.on_conflict_do_update(
+            index_elements=[JOB_TABLE.c.id], set_={k: stmt.excluded[k] for k in PRODUCER_KEYS}
+        ),
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def job_stub(dialect: Dialect) -> Insert:
+    """A consumer's insert of a queued row it found missing: nothing when the row exists."""
+    return cast(Insert, _row_insert(dialect).on_conflict_do_nothing(index_elements=[JOB_TABLE.c.id]))
 
 
 Processor = Callable[[Any], Any] | None
 
 
 @functools.lru_cache(maxsize=4)
-def _sqlite_insert(dialect: Dialect) -> tuple[str, tuple[tuple[str, Processor], ...]]:
-    columns = [c for c in JOB_TABLE.c if c.name != "result"]  # left out: SQL NULL, not JSON null
-    stmt = insert(JOB_TABLE).values({c.name: bindparam(c.name, type_=c.type) for c in columns})
-    compiled = stmt.compile(dialect=dialect)
+def _sqlite_upsert(dialect: Dialect) -> tuple[str, tuple[tuple[str, Processor], ...]]:
+    compiled = job_upsert(dialect).compile(dialect=dialect)
     names = compiled.positiontup or []
-    types = {c.name: c.type for c in columns}
+    types = {c.name: c.type for c in JOB_TABLE.c}
     return compiled.string, tuple(
         (name, types[name].dialect_impl(dialect).bind_processor(dialect)) for name in names
     )

@@ -19,15 +19,16 @@ from datetime import datetime
 from typing import Any, cast
 
 from huey.exceptions import CancelExecution
-from sqlalchemy import CursorResult, Update, select
+from sqlalchemy import Connection, CursorResult, Update, select
 from sqlalchemy.orm.attributes import set_committed_value
 
 from suite.core.db import utcnow
 from suite.core.models import Job
 from suite.core.tasks import workers
 from suite.core.tasks.notify import publish_status, sender
-from suite.core.tasks.queue import get_huey, is_job
+from suite.core.tasks.queue import built_huey, get_huey, is_job
 from suite.core.tasks.redact import error_text, json_safe
+from suite.core.tasks.rows import create_missing, ensure_rows, rows
 from suite.core.tasks.sql import JOB_TABLE, PENDING_STATES, execute, update_stmt, write_connection
 
 log = logging.getLogger("suite.jobs")
@@ -84,11 +85,13 @@ class Change:
     started_at: datetime | None = None
     final: Final | None = None
     worker_id: str | None = None  # the consumer that started it
+    meta: bytes = b""  # the job's row as its message carried it (rows.py): made if still missing
 
     def then(self, newer: Change) -> None:
         if self.started_at is None:
             self.started_at, self.worker_id = newer.started_at, newer.worker_id
         self.final = self.final or newer.final
+        self.meta = self.meta or newer.meta
 
     def apply_to(self, job: Job) -> None:
         """Show this change on a loaded row as if it were saved (the row's session does not write it)."""
@@ -117,11 +120,12 @@ class StateWriter:
     _flush_lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
 
-    def start(self, job_id: str, at: datetime, worker_id: str | None = None) -> None:
+    def start(self, job_id: str, at: datetime, worker_id: str | None = None, meta: bytes = b"") -> None:
         with self._cond:
             change = self._change(job_id)
             if change.started_at is None:
                 change.started_at, change.worker_id = at, worker_id
+            change.meta = change.meta or meta
 
     def finish(self, job_id: str, final: Final) -> None:
         with self._cond:
@@ -209,7 +213,8 @@ class StateWriter:
 
 
 def _save(changes: dict[str, Change], busy_timeout_ms: int | None = None) -> list[tuple[str, str]]:
-    """Write the changes in one transaction: (job id, state) of the rows that moved."""
+    """Write the changes in one transaction: (job id, state) of the rows that moved. Rows not written yet
+    by their producer are made first from what their messages carried (rows.py)."""
     groups: dict[Update, list[dict[str, Any]]] = {}
     written: list[tuple[str, str]] = []
     for job_id, change in changes.items():
@@ -233,25 +238,42 @@ def _save(changes: dict[str, Change], busy_timeout_ms: int | None = None) -> lis
         )
         if count == len(written) and conn.dialect.supports_sane_multi_rowcount:
             return written
-        ids = [job_id for job_id, _ in written]
-        now: dict[str, str] = {}
-        for i in range(0, len(ids), MAX_IDS_PER_QUERY):
-            stmt_ids = select(JOB_TABLE.c.id, JOB_TABLE.c.state).where(
-                JOB_TABLE.c.id.in_(ids[i : i + MAX_IDS_PER_QUERY])
-            )
-            now.update({row.id: row.state for row in conn.execute(stmt_ids)})
+        now = _states(conn, [job_id for job_id, _ in written])
+        missing = {job_id for job_id, c in changes.items() if job_id not in now and c.meta}
+        if missing:
+            create_missing(conn, ((job_id, changes[job_id].meta) for job_id in missing))
+            for stmt, rows in groups.items():
+                again = [params for params in rows if params["b_id"] in missing]
+                if again:
+                    conn.execute(stmt, again)
+            now.update(_states(conn, sorted(missing)))
     return [(job_id, state) for job_id, state in written if now.get(job_id) == state]
+
+
+def _states(conn: Connection, ids: list[str]) -> dict[str, str]:
+    """The states of the rows of `ids` that exist."""
+    found: dict[str, str] = {}
+    for i in range(0, len(ids), MAX_IDS_PER_QUERY):
+        stmt = select(JOB_TABLE.c.id, JOB_TABLE.c.state).where(
+            JOB_TABLE.c.id.in_(ids[i : i + MAX_IDS_PER_QUERY])
+        )
+        found.update({row.id: row.state for row in conn.execute(stmt)})
+    return found
 
 
 writer = StateWriter()
 
 
 def flush() -> None:
-    """Save and publish every change reported so far (a consumer stopping, tests, `reset`)."""
+    """Write the rows this process queued, then save and publish every change reported so far (a consumer
+    stopping, tests, `reset`)."""
+    rows.flush()
     writer.flush()
     sender.flush()
+    huey = built_huey()  # none built: no claims to release (and building one here would read settings)
     try:
-        get_huey().flush_releases()
+        if huey is not None:
+            huey.flush_releases()
     except Exception:
         log.warning("released claims not deleted yet", exc_info=True)
 
@@ -276,10 +298,10 @@ def on_pre_execute(task: Any) -> None:
         return
     huey = get_huey()
     now = utcnow()
+    rows.flush_job(task.id)  # queued by this process: its row exists before its task runs
     if huey.claims_jobs and task.retries >= type(task).default_retries:
-        writer.start(
-            task.id, now, workers.current_id()
-        )  # claimed in the queue, so no cancel can come first: saved with its end
+        # Claimed in the queue, so no cancel can come first: saved with its end.
+        writer.start(task.id, now, workers.current_id(), getattr(task, "suite_meta", b""))
         return
     # Inline runs and retries: record the start now, unless a cancel came first.
     try:
@@ -355,7 +377,8 @@ def on_expired(signal: str, task: Any) -> None:
         _end(task.id, "failed", PENDING_STATES, error="expired before a worker ran it", finished_at=utcnow())
 
 
-def unknown_task(job_id: str, name: str) -> None:
+def unknown_task(job_id: str, name: str, meta: bytes = b"") -> None:
+    ensure_rows([(job_id, meta)])
     transition(
         job_id,
         ("queued", "retrying", "running"),
