@@ -2,7 +2,8 @@
 
 The measurements live in the package (`suite.imagegen.bench`, the same code as `suite imagegen bench`), so they
 run from an installed wheel too; see its docstring. IMAGEGEN_BENCH_ONLY picks benchmarks (default b1,b2,b4,b5;
-opt-in: full_size, single_file and gpu), IMAGEGEN_BENCH_FAMILIES the architectures of single_file and gpu.
+opt-in: full_size, single_file and gpu), IMAGEGEN_BENCH_FAMILIES the architectures of single_file and gpu,
+IMAGEGEN_BENCH_ROUNDS the counted rounds of b1 (default 60).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ def run(only: list[str] | None = None) -> dict[str, Any]:
 
     only = only or _list(os.environ.get("IMAGEGEN_BENCH_ONLY"))
     families = _list(os.environ.get("IMAGEGEN_BENCH_FAMILIES"))
-    return run_imagegen(only=only, single_file_families=families, gpu_families=families)
+    rounds = int(os.environ["IMAGEGEN_BENCH_ROUNDS"]) if os.environ.get("IMAGEGEN_BENCH_ROUNDS") else None
+    return run_imagegen(only=only, single_file_families=families, gpu_families=families, rounds=rounds)
 
 
 if __name__ == "__main__":

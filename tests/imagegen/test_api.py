@@ -236,15 +236,21 @@ def test_path_traversal_in_ids(client: Any, path: str) -> None:
     assert r.status_code in (400, 404, 422), r.text
 
 
-def test_image_row_whose_path_escapes_is_refused(client: Any, suite_env: Path) -> None:
+def test_image_row_whose_path_escapes_is_refused(client: Any, worker: Any, suite_env: Path) -> None:
     from suite.core.db import session_scope
     from suite.imagegen.models import GenImage
 
     job = wait_job(client, submit(client))
     secret = suite_env.parent / "secret.txt"
     secret.write_text("secret")
-    link = suite_env / "imagegen" / "outputs" / "link.png"
+    outputs = suite_env / "imagegen" / "outputs"
+    link = outputs / "link.png"
     link.symlink_to(secret)
+    # the worker's recent-image entry (read without the database) is contained too: its file swapped for a
+    # link that escapes is refused, and the row (tampered below) answers instead
+    written = outputs / worker.recent_images[job["images"][0]["id"]][0]
+    written.unlink()
+    written.symlink_to(secret)
     with session_scope() as s:
         image = s.get(GenImage, job["images"][0]["id"])
         image.relpath = "link.png"

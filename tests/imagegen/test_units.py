@@ -175,6 +175,8 @@ def test_cli_bad_inputs(run_cli: Any, tmp_path: Path) -> None:
     assert r.returncode in (1, 2) and "error" in r.stderr
     r = run_cli("imagegen", "run", "--prompt", "x", "--size", "big")
     assert r.returncode == 2 and "512x512" in r.stderr
+    r = run_cli("imagegen", "bench", "--only", "b1", "--rounds", "2")  # too few for a median of pairs
+    assert r.returncode == 2 and "--rounds" in r.stderr
 
 
 def test_cli_run_models_history(run_cli: Any, tiny_dir: Path, tmp_path: Path) -> None:

@@ -118,16 +118,21 @@ def _submit(body: A1111Generate, caller: service.Caller, *, img2img: bool) -> tu
         return job.id, worker()
 
 
-def _result(job_id: str, body: A1111Generate, worker: Any) -> dict[str, Any]:
-    """The blocked call's answer: from the worker's record of the job and its PNG bytes when it has them (no
-    read back), else from the database and the files."""
+def _recorded(job_id: str, body: A1111Generate, worker: Any) -> dict[str, Any] | None:
+    """The blocked call's answer from the worker's record of the job and its PNG bytes (no read back, no
+    thread hop); None when it lacks them."""
     handle = worker.handle(job_id)
-    pngs = worker.a1111_pngs.pop(job_id, None)
     read = handle.read if handle is not None else None
-    if read is not None and (pngs is not None or read["status"] == "failed" or not read["images"]):
-        spec = handle.payload["model"]
-        infotexts = handle.result.get("infotexts", [])
-        return _answer(read, spec["name"], spec["short_hash"], infotexts, pngs or [], body)
+    pngs = worker.a1111_pngs.pop(job_id, None)
+    if read is None or (pngs is None and read["status"] != "failed" and read["images"]):
+        return None
+    spec = handle.payload["model"]
+    infotexts = handle.result.get("infotexts", [])
+    return _answer(read, spec["name"], spec["short_hash"], infotexts, pngs or [], body)
+
+
+def _result(job_id: str, body: A1111Generate) -> dict[str, Any]:
+    """The blocked call's answer from the database and the files."""
     from suite.imagegen.models import ImageModel
 
     with session_scope() as session:
@@ -170,7 +175,8 @@ def _answer(
 async def _generate(body: A1111Generate, caller: service.Caller, *, img2img: bool) -> dict[str, Any]:
     job_id, worker = await run_in_threadpool(_submit, body, caller, img2img=img2img)
     await progress.wait_finished(worker, job_id)
-    return await run_in_threadpool(_result, job_id, body, worker)
+    answer = _recorded(job_id, body, worker)
+    return answer if answer is not None else await run_in_threadpool(_result, job_id, body)
 
 
 @sdapi.post("/txt2img")

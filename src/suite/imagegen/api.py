@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from suite.core.db import SessionDep, session_scope
-from suite.core.errors import Conflict, ValidationFailed
+from suite.core.errors import Conflict, NotFound, ValidationFailed
 from suite.imagegen import formats, infotext, progress, samplers, service
 from suite.imagegen.a1111 import sdapi
 from suite.imagegen.access import AdminDep, CallerDep, check_origin
@@ -96,7 +96,9 @@ def live(job: GenJob) -> dict[str, Any]:
 
     w = current_worker()
     h = w.handle(job.id) if w is not None else None
-    data = service.job_read(job, position=w.position(job.id) if w is not None else None)
+    # a finished job has no place in the queue (the worker may not have dropped it as current yet)
+    position = w.position(job.id) if w is not None and job.status not in FINISHED else None
+    data = service.job_read(job, position=position)
     if h is not None and job.status == "running":
         data["step"] = h.step
     return data
@@ -284,15 +286,17 @@ def recent_png(image_id: int, caller: Caller) -> bytes | None:
     from suite.imagegen.worker import current_worker
 
     w = current_worker()
-    entry = w.recent_images.get(image_id) if w is not None else None
+    if w is None:
+        return None
+    entry = w.recent_images.get(image_id)
     if entry is None:
         return None
-    path, owner, size = entry
+    relpath, owner, size = entry
     if size > RECENT_READ_MAX or not (caller.admin or owner == caller.user_id):
         return None
     try:
-        return path.read_bytes()
-    except OSError:  # deleted since: the database path answers (404)
+        return formats.contained(service.outputs_root(), relpath).read_bytes()
+    except (OSError, NotFound):  # deleted, or now a link that escapes: the database path answers
         w.forget_image(image_id)
         return None
 

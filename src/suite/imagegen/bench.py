@@ -67,7 +67,7 @@ def _register(tiny: Path) -> None:
             service.add_model(session, path=tiny, name="tiny", family="tiny")
 
 
-def bench_overhead(tiny: Path, n: int = 12, steps: int = 4) -> dict[str, Any]:
+def bench_overhead(tiny: Path, n: int = 60, steps: int = 4) -> dict[str, Any]:
     """B1: the native and A1111 routes against a direct pipe call (bench_http: interleaved rounds, medians,
     pixels compared every round), plus the SSE-following native flow for comparison."""
     import torch
@@ -274,6 +274,7 @@ def run(
     single_file_families: list[str] | None = None,
     gpu_families: list[str] | None = None,
     gpu_compile: bool = True,
+    rounds: int | None = None,
 ) -> dict[str, Any]:
     """The selected benchmarks (default b1, b2, b4, b5) with the machine's details and a `summary`."""
     _environment()
@@ -304,7 +305,7 @@ def run(
         ml.build_tiny_model(tiny)
         _register(tiny)
     if "b1" in only and tiny is not None:
-        result["b1_overhead"] = bench_overhead(tiny, n=5 if quick else 12)
+        result["b1_overhead"] = bench_overhead(tiny, n=rounds or (5 if quick else 60))
     if "b2" in only and tiny is not None:
         result["b2_throughput"] = bench_throughput(tiny, threads, n=2 if quick else 5)
     if "b4" in only and tiny is not None:

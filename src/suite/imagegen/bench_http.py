@@ -3,7 +3,8 @@ with the imagegen app and a worker, and rounds that interleave a direct diffuser
 
 Per round, in a rotating order: `direct` (`pipe(...)` on a pipeline of its own, same model, seed and
 parameters), `native` (POST /api/v1/imagegen/jobs?wait=... then GET the PNG: what a client does), `a1111`
-(POST /sdapi/v1/txt2img) and optionally `native_sse` (POST, SSE until the end, GET job, GET PNG). Wall and
+(POST /sdapi/v1/txt2img) and optionally `native_sse` (POST, SSE until the terminal status, which carries
+the image URLs, then GET the PNG). Wall and
 process CPU time of each call; every route's pixels must equal the direct call's of the same round.
 """
 
@@ -51,6 +52,11 @@ def median_ms(values: list[float]) -> float:
     return round(statistics.median(values) * 1000, 2)
 
 
+def quartiles_ms(values: list[float]) -> list[float]:
+    q = statistics.quantiles(values, n=4)
+    return [round(q[0] * 1000, 2), round(q[2] * 1000, 2)]
+
+
 @contextmanager
 def serving(threads: int | None) -> Iterator[str]:
     """The imagegen app on uvicorn (127.0.0.1, a free port) with its own worker; yields the base URL."""
@@ -88,12 +94,22 @@ def _native(http: Any, body: dict[str, Any]) -> Any:
 
 
 def _native_sse(http: Any, body: dict[str, Any]) -> Any:
+    """POST, follow the job's SSE stream to its terminal `job.status` (which carries the image URLs), GET
+    the PNG."""
+    import json
+
     job_id = http.post("/api/v1/imagegen/jobs", json=body).json()["job_id"]
+    last: dict[str, Any] = {}
     with http.stream("GET", f"/api/v1/imagegen/jobs/{job_id}/events") as r:
-        for _ in r.iter_lines():
-            pass
-    job = http.get(f"/api/v1/imagegen/jobs/{job_id}").json()
-    return pixels(http.get(job["images"][0]["url"]).content)
+        event = ""
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event in ("job.status", "job.snapshot"):
+                last = json.loads(line[6:])
+    if last.get("status") != "succeeded" or not last.get("images"):
+        raise RuntimeError(f"native SSE job did not succeed: {last}")
+    return pixels(http.get(last["images"][0]["url"]).content)
 
 
 def _a1111(http: Any, body: dict[str, Any]) -> Any:
@@ -159,9 +175,13 @@ def rounds(
         "pixel_mismatches": mismatches,
     }
     for k in names[1:]:
+        dw = [a - b for a, b in zip(wall[k], wall["direct"], strict=True)]
+        dc = [a - b for a, b in zip(cpu[k], cpu["direct"], strict=True)]
         out[f"{k}_overhead_ms"] = {
             # median of the per-round differences (paired): steadier than a difference of medians
-            "wall": median_ms([a - b for a, b in zip(wall[k], wall["direct"], strict=True)]),
-            "cpu": median_ms([a - b for a, b in zip(cpu[k], cpu["direct"], strict=True)]),
+            "wall": median_ms(dw),
+            "cpu": median_ms(dc),
+            "wall_iqr": quartiles_ms(dw),  # [p25, p75]: how settled the median is
+            "cpu_iqr": quartiles_ms(dc),
         }
     return out

@@ -537,6 +537,9 @@ def bench(
     ] = None,
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="gpu: also torch.compile.")] = True,
     quick: Annotated[bool, typer.Option("--quick", help="Fewer repetitions.")] = False,
+    rounds: Annotated[
+        int | None, typer.Option(min=3, max=1000, help="b1: counted rounds (default 60, 5 with --quick).")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Write the JSON here.")] = None,
 ) -> None:
     """The imagegen benchmarks (tiny model; full-size random-weight architectures for single_file and gpu), as
@@ -567,6 +570,7 @@ def bench(
         single_file_families=families,
         gpu_families=families,
         gpu_compile=compile,
+        rounds=rounds,
     )
     text = json.dumps(result, indent=2, default=str)
     if out:

@@ -200,7 +200,7 @@ def submit(*, owner_id: int | None = None, **request: Any) -> Any:
     shown = {k: v for k, v in args.items() if v is not None}
     if "url" in shown:  # never show a query string (signed URLs carry tokens) in the job's params
         shown["url"] = shown["url"].split("?", 1)[0]
-    return enqueue(download, owner_id=owner_id, params=shown, domain="imagegen", **args)
+    return enqueue(download, owner_id=owner_id, params=shown, domain="imagegen", flush=True, **args)
 
 
 # --- transfer --------------------------------------------------------------------------------------------

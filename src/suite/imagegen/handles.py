@@ -42,7 +42,8 @@ class JobHandle:
 
 class BusForwarder:
     """Job events to core's event bus (other processes, WebSocket topics) from a thread of its own, so a slow
-    bus (Redis) never delays a generation step. Bounded: progress is dropped before a status is."""
+    bus (Redis) never delays a generation step. Bounded: progress is dropped before a status is. Skipped
+    while an in-process bus has no subscriber."""
 
     LIMIT = 1000
 
@@ -52,6 +53,8 @@ class BusForwarder:
         self._thread: threading.Thread | None = None
 
     def send(self, event: str, data: dict[str, Any]) -> None:
+        if not self._listened():
+            return
         with self._cond:
             if len(self._queue) >= self.LIMIT and event in ("job.progress", "job.preview"):
                 return
@@ -60,6 +63,16 @@ class BusForwarder:
                 self._thread = threading.Thread(target=self._run, name="imagegen-events", daemon=True)
                 self._thread.start()
             self._cond.notify()
+
+    @staticmethod
+    def _listened() -> bool:
+        """False when the bus is this process's own and nothing subscribes to it: then no thread wakes up
+        and nothing is built per event (a Redis bus always publishes: other processes may listen)."""
+        from suite.core import events
+        from suite.core.events.local import LocalBus
+
+        bus = events.get_bus()
+        return type(bus) is not LocalBus or bus.subscriber_count() > 0
 
     def _run(self) -> None:
         from suite.core import events

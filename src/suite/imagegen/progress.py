@@ -23,6 +23,7 @@ class Hub:
         self.loop = loop
         self.queues: dict[str, set[asyncio.Queue[tuple[str, dict[str, Any]]]]] = {}
         self.global_queues: set[asyncio.Queue[tuple[str, dict[str, Any]]]] = set()
+        self.status_only: set[asyncio.Queue[Any]] = set()  # listeners that wait for a status, not progress
         self.unsubscribe: Any = None
 
     def attach(self, worker: Any) -> None:
@@ -30,10 +31,20 @@ class Hub:
             self.unsubscribe = worker.subscribe(self.on_event)
 
     def on_event(self, event: str, data: dict[str, Any]) -> None:  # worker thread
-        if self.loop.is_closed():
-            return
+        if self.loop.is_closed() or not self._wanted(event, data.get("job_id")):
+            return  # nobody listens: no wake-up of the event loop
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self._dispatch, event, data)
+
+    def _wanted(self, event: str, job_id: str | None) -> bool:
+        """Whether a listener takes this event (read on the worker thread: a listener added meanwhile
+        checks the job's handle after registering, so a terminal status is never lost)."""
+        if self.global_queues:
+            return True
+        group = self.queues.get(job_id) if job_id else None
+        if not group:
+            return False
+        return event == "job.status" or any(q not in self.status_only for q in list(group))
 
     def _dispatch(self, event: str, data: dict[str, Any]) -> None:  # event loop
         targets = set(self.global_queues)
@@ -41,6 +52,8 @@ class Hub:
         if job_id:
             targets |= self.queues.get(job_id, set())
         for q in targets:
+            if event != "job.status" and q in self.status_only:
+                continue
             if q.full():
                 if event != "job.status":
                     continue  # drop progress for a slow client; never a terminal status
@@ -48,8 +61,12 @@ class Hub:
                     q.get_nowait()
             q.put_nowait((event, data))
 
-    def listen(self, job_id: str | None) -> asyncio.Queue[tuple[str, dict[str, Any]]]:
+    def listen(
+        self, job_id: str | None, *, status_only: bool = False
+    ) -> asyncio.Queue[tuple[str, dict[str, Any]]]:
         q: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(QUEUE_SIZE)
+        if status_only:
+            self.status_only.add(q)
         if job_id is None:
             self.global_queues.add(q)
         else:
@@ -57,6 +74,7 @@ class Hub:
         return q
 
     def forget(self, job_id: str | None, q: asyncio.Queue[Any]) -> None:
+        self.status_only.discard(q)
         if job_id is None:
             self.global_queues.discard(q)
             return
@@ -92,7 +110,7 @@ def reset() -> None:
 async def wait_finished(worker: Any, job_id: str, timeout: float | None = None) -> str:
     """Wait until the job reaches a terminal status; returns it."""
     hub = hub_for(worker)
-    q = hub.listen(job_id)
+    q = hub.listen(job_id, status_only=True)
     try:
         handle = worker.handle(job_id)
         if handle is not None and handle.done.is_set():

@@ -7,9 +7,9 @@ import base64
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, insert, select, update
 
 from suite.core.db import session_scope, utcnow
 from suite.core.errors import SuiteError
@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from suite.imagegen.worker import Worker
 
 log = logging.getLogger("suite.imagegen.worker")
+# plain Core statements for the worker's two writes per job (no ORM unit of work or identity map)
+JOBS = cast(Table, GenJob.__table__)
+IMAGES = cast(Table, GenImage.__table__)
 
 
 def recover(w: Worker) -> None:
@@ -95,12 +98,15 @@ def run_job(w: Worker, h: JobHandle) -> None:
     queue_ms = (started - h.payload["read"]["created_at"]).total_seconds() * 1000
     with service.write_lock, session_scope() as s:
         # one statement: queued -> running, unless it was cancelled (or deleted) meanwhile
-        claimed = s.execute(
-            update(GenJob)
-            .where(GenJob.id == h.id, GenJob.status == "queued")
-            .values(status="running", started_at=started, queue_ms=queue_ms)
-            .execution_options(synchronize_session=False)
-        ).rowcount
+        claimed = (
+            s.connection()
+            .execute(
+                update(JOBS)
+                .where(JOBS.c.id == h.id, JOBS.c.status == "queued")
+                .values(status="running", started_at=started, queue_ms=queue_ms)
+            )
+            .rowcount
+        )
         if claimed != 1:
             job = s.get(GenJob, h.id)
             h.status = job.status if job is not None else "cancelled"
@@ -210,16 +216,11 @@ def record(
         values["error_code"], values["error_message"] = error["code"], error["message"]
     image_ids: list[int] = []
     with service.write_lock, session_scope() as s:
-        found = s.execute(
-            update(GenJob)
-            .where(GenJob.id == h.id)
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        ).rowcount
+        conn = s.connection()
+        found = conn.execute(update(JOBS).where(JOBS.c.id == h.id).values(**values)).rowcount
         if saved is not None and saved.rows and found:
-            image_ids = list(
-                s.scalars(insert(GenImage).returning(GenImage.id, sort_by_parameter_order=True), saved.rows)
-            )
+            stmt = insert(IMAGES).returning(IMAGES.c.id, sort_by_parameter_order=True)
+            image_ids = list(conn.execute(stmt, saved.rows).scalars())
     if saved is not None and not found:  # the job was deleted meanwhile: no file without its row
         for path in saved.paths:
             path.unlink(missing_ok=True)
@@ -262,7 +263,8 @@ def on_step(w: Worker, h: JobHandle, req: Any, it: int, step: int, latents: Any,
 
 def progress(w: Worker, h: JobHandle, done: int, total: int, phase: str, *, force: bool = False) -> None:
     now = time.monotonic()
-    if not force and done < total and now - h.last_progress < w.progress_interval:
+    # throttled, the last step included: the forced "saving" event follows it at once
+    if not force and now - h.last_progress < w.progress_interval:
         return
     h.last_progress = now
     elapsed = now - (h.started or now)

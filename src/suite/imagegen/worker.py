@@ -16,7 +16,6 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 from suite.core.db import session_scope, utcnow
@@ -29,6 +28,7 @@ from suite.imagegen.models import FINISHED, GenJob
 log = logging.getLogger("suite.imagegen.worker")
 RECENT_IMAGES = 256
 A1111_PNGS = 8
+A1111_PNG_BYTES = 64 * 1024 * 1024
 
 
 class Worker:
@@ -66,8 +66,8 @@ class Worker:
         self.last_activity = time.monotonic()
         self.engine_info: dict[str, Any] = {"state": "starting", "device": self.device_setting, "model": None}
         self._bus = BusForwarder()
-        # recent images for GET /images/{id} without a database read: id -> (path, owner, size)
-        self.recent_images: OrderedDict[int, tuple[Path, int | None, int]] = OrderedDict()
+        # recent images for GET /images/{id} without a database read: id -> (relpath, owner, size)
+        self.recent_images: OrderedDict[int, tuple[str, int | None, int]] = OrderedDict()
         # A1111 jobs' PNG bytes until their blocked call answers (a few, not a cache)
         self.a1111_pngs: OrderedDict[str, list[bytes]] = OrderedDict()
 
@@ -130,17 +130,17 @@ class Worker:
             self._bus.send(event, data)
 
     def _status_event(self, h: JobHandle, error: dict[str, str] | None = None) -> None:
-        self.emit(
-            "job.status",
-            {
-                "job_id": h.id,
-                "status": h.status,
-                "position": self.position(h.id),
-                "error": error,
-                "owner_user_id": h.owner_user_id,
-                "client_id": h.client_id,
-            },
-        )
+        data: dict[str, Any] = {
+            "job_id": h.id,
+            "status": h.status,
+            "position": self.position(h.id),
+            "error": error,
+            "owner_user_id": h.owner_user_id,
+            "client_id": h.client_id,
+        }
+        if h.read is not None:  # the terminal status carries the images: no GET of the job needed
+            data["images"] = h.read["images"]
+        self.emit("job.status", data)
 
     # submission and control ---------------------------------------------------------------------------------
     def submit(
@@ -371,14 +371,16 @@ class Worker:
     def remember_images(self, h: JobHandle, image_ids: list[int], saved: Any) -> None:
         """Keep where a finished job's images are (and an A1111 job's PNG bytes) for its caller's next read."""
         with self._cond:
-            for image_id, path, data in zip(image_ids, saved.paths, saved.data, strict=True):
-                self.recent_images[image_id] = (path, h.owner_user_id, len(data))
+            for image_id, row in zip(image_ids, saved.rows, strict=True):
+                self.recent_images[image_id] = (row["relpath"], h.owner_user_id, row["bytes"])
             while len(self.recent_images) > RECENT_IMAGES:
                 self.recent_images.popitem(last=False)
             if h.origin == "a1111":
                 self.a1111_pngs[h.id] = list(saved.data)
-                while len(self.a1111_pngs) > A1111_PNGS:
-                    self.a1111_pngs.popitem(last=False)
+                while len(self.a1111_pngs) > A1111_PNGS or (
+                    sum(map(len, (b for pngs in self.a1111_pngs.values() for b in pngs))) > A1111_PNG_BYTES
+                ):
+                    self.a1111_pngs.popitem(last=False)  # the caller reads its files instead
 
     def forget_image(self, image_id: int) -> None:
         with self._cond:

@@ -10,9 +10,9 @@ import uuid
 import warnings
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session, selectinload
 
 from suite.core.db import utcnow
@@ -22,6 +22,9 @@ from suite.imagegen.models import FINISHED, GenImage, GenJob, ImageModel, JobLor
 from suite.imagegen.schemas import JobCreate
 from suite.imagegen.service.base import LOCAL, TINY_NAME, Caller, outputs_root, settings
 from suite.imagegen.service.registry import default_model, get_lora, get_model, lora_path, model_spec
+
+JOBS = cast(Table, GenJob.__table__)
+JOB_LORAS = cast(Table, JobLora.__table__)
 
 # --- images in requests -------------------------------------------------------------------------------------
 
@@ -162,7 +165,7 @@ def create_job(
         prompt=prompt, seed=seed, model=model.name, schedule=choice.schedule, sampler=choice.sampler.name
     )
     params["loras"] = [{"name": lo.name, "weight": w} for lo, w in loras]
-    job = GenJob(
+    row: dict[str, Any] = dict(
         id=job_id,
         owner_user_id=caller.user_id,
         client_id=req.client_id,
@@ -187,8 +190,14 @@ def create_job(
         parent_job_id=parent_job_id,
         created_at=utcnow(),
     )
-    job.loras = [JobLora(lora_id=lo.id, weight=w) for lo, w in loras]
-    session.add(job)  # one flush at commit writes the job and its LoRA rows
+    # Core INSERTs (no unit of work): the returned job is not in the session; read it back to change it
+    conn = session.connection()
+    conn.execute(insert(JOBS), [row])
+    if loras:
+        conn.execute(
+            insert(JOB_LORAS), [{"job_id": job_id, "lora_id": lo.id, "weight": w} for lo, w in loras]
+        )
+    job = GenJob(**row)
     loras_spec = [(lo.name, w, str(lora_path(lo)), lo.short_hash) for lo, w in loras]
     payload = runtime_payload(
         job, model_spec(model), loras_spec, init_image=init_image, mask=mask, a1111=a1111_schedule
