@@ -303,3 +303,23 @@ def test_the_model_process_never_outlives_a_killed_server(local: LocalProvider) 
         owner.wait(10)
     child.wait(15)  # psutil raises TimeoutExpired if it is still there
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+
+
+def test_loaded_runtime_is_closed_before_the_interpreter_exits(tmp_path: Path) -> None:
+    """llama.cpp's `Llama.__del__` fails noisily once its module is torn down: the engine closes the runtime
+    from an atexit hook instead (the transformers child process is ended the same way)."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "closed"
+    code = (
+        "import types\n"
+        "from suite.core.llm import local\n"
+        "class Runtime:\n"
+        f"    def close(self): open({str(marker)!r}, 'w').write('closed')\n"
+        "local._engine = types.SimpleNamespace(runtime=Runtime())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert marker.read_text() == "closed"
+    assert proc.stderr == ""

@@ -18,6 +18,7 @@ Heavy imports (torch, transformers, llama_cpp) happen on the engine thread only.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib.util
 import logging
 import os
@@ -28,7 +29,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -185,6 +186,10 @@ class LlamaCppRuntime:
     def render(self, messages: Sequence[dict[str, str]]) -> str:
         return str(self.template.render(messages=list(messages), add_generation_prompt=True))
 
+    def close(self) -> None:
+        """Free the model now (left to `Llama.__del__` at interpreter exit, it fails noisily)."""
+        self.llm.close()
+
     def generate(
         self,
         messages: Sequence[dict[str, str]],
@@ -220,7 +225,7 @@ class LlamaCppRuntime:
                 if should_stop():
                     finish = "cancelled"
                     break
-                choice = chunk["choices"][0]
+                choice: dict[str, Any] = dict(cast(Any, chunk)["choices"][0])
                 text = choice.get("text") or ""
                 if text:
                     count += 1
@@ -377,6 +382,18 @@ class LocalEngine:
 
 _engine: LocalEngine | None = None
 _engine_lock = threading.Lock()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """Free the loaded runtime before the interpreter tears down the modules its destructor needs."""
+    runtime = getattr(_engine, "runtime", None)
+    close = getattr(runtime, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:  # exiting anyway
+            pass
 
 
 def engine_for(spec: EngineSpec) -> LocalEngine:
