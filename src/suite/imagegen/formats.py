@@ -170,3 +170,19 @@ def contained(root: Path, relpath: str) -> Path:
     if not candidate.is_relative_to(root) or candidate == root:
         raise NotFound("no such file", code="bad_path")
     return candidate
+
+
+def check_model_dir(path: Path) -> dict[str, Any]:
+    """A diffusers folder's parsed model_index.json; NotFound or NotAModel (one line) otherwise."""
+    if not path.exists():
+        raise NotFound(f"model path {path} does not exist", code="model_missing")
+    index_path = path / "model_index.json"
+    if not path.is_dir() or not index_path.is_file():
+        raise NotAModel(f"{path} is not a diffusers model folder (no model_index.json)")
+    try:
+        index = json.loads(index_path.read_text())
+    except (ValueError, OSError) as exc:
+        raise NotAModel(f"{path}/model_index.json is not valid JSON ({exc})") from None
+    if not isinstance(index, dict) or not str(index.get("_class_name", "")).endswith("Pipeline"):
+        raise NotAModel(f"{path}/model_index.json names no pipeline class")
+    return index

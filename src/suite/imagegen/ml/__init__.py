@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from suite.imagegen.formats import check_model_dir
 from suite.imagegen.ml.engine import (
     LATENT_RGB,
     Engine,
@@ -18,7 +19,6 @@ from suite.imagegen.ml.engine import (
 from suite.imagegen.ml.loading import (
     SKIP_COMPONENTS,
     assemble,
-    check_model_dir,
     component_class,
     load_pipeline,
     pipeline_class,

@@ -4,14 +4,13 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from suite.imagegen import formats
-from suite.imagegen.formats import CorruptWeights, NotAModel
+from suite.imagegen.formats import CorruptWeights, NotAModel, check_model_dir
 from suite.imagegen.ml.runtime import LoadCancelled, diffusers, torch  # runtime first: warnings, logs
 
 SKIP_COMPONENTS = {"safety_checker", "feature_extractor", "image_encoder"}
@@ -22,23 +21,6 @@ def component_class(library: str, cls_name: str) -> Any:
 
     module = importlib.import_module(library)
     return getattr(module, cls_name)
-
-
-def check_model_dir(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        from suite.core.errors import NotFound
-
-        raise NotFound(f"model path {path} does not exist", code="model_missing")
-    index_path = path / "model_index.json"
-    if not path.is_dir() or not index_path.is_file():
-        raise NotAModel(f"{path} is not a diffusers model folder (no model_index.json)")
-    try:
-        index = json.loads(index_path.read_text())
-    except (ValueError, OSError) as exc:
-        raise NotAModel(f"{path}/model_index.json is not valid JSON ({exc})") from None
-    if not isinstance(index, dict) or not str(index.get("_class_name", "")).endswith("Pipeline"):
-        raise NotAModel(f"{path}/model_index.json names no pipeline class")
-    return index
 
 
 def load_pipeline(

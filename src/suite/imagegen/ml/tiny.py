@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from suite.core.errors import Unavailable, ValidationFailed
-from suite.imagegen.ml.loading import check_model_dir, component_class
+from suite.imagegen.formats import check_model_dir
+from suite.imagegen.ml.loading import component_class
 from suite.imagegen.ml.runtime import diffusers, torch, transformers  # runtime first: warnings, logs
 
 TINY_NAME = "tiny-sd"

@@ -30,15 +30,7 @@ def _inspect_model(path: Path, family: str, *, config: Path | None = None) -> di
     if path.is_dir():
         if config is not None:
             raise UsageError("--config is for single .safetensors files; a folder has its own configs")
-        index_path = path / "model_index.json"
-        if not index_path.is_file():
-            raise NotAModel(f"{path} is not a diffusers model folder (no model_index.json)")
-        try:
-            index = json.loads(index_path.read_text())
-        except (ValueError, OSError) as exc:
-            raise NotAModel(f"{path}/model_index.json is not valid JSON ({exc})") from None
-        if not isinstance(index, dict) or not str(index.get("_class_name", "")).endswith("Pipeline"):
-            raise NotAModel(f"{path}/model_index.json names no pipeline class")
+        index = formats.check_model_dir(path)
         if not (path / "unet").is_dir() and not (path / "transformer").is_dir():
             raise NotAModel(f"{path} has no unet folder")
         for st in path.rglob("*.safetensors"):
