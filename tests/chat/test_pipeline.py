@@ -271,12 +271,8 @@ async def test_provider_stall_mid_stream(env: Env, monkeypatch: pytest.MonkeyPat
 
 
 async def test_poison_request_is_dead_lettered(env: Env) -> None:
-    bad = await env.runtime.send(user_id=env.user_id, client_request_id="poison", content="x", max_tokens=5)
-    from suite.chat.models import ChatRequest
-    from suite.core.db import session_scope
-
-    with session_scope() as s:  # bad data the provider refuses every time
-        s.get(ChatRequest, bad.request_id).params = {"max_tokens": -1}
+    # bad data the provider refuses every time (in the SQL row and in the job the queue entry carries)
+    bad = await env.runtime.send(user_id=env.user_id, client_request_id="poison", content="x", max_tokens=-1)
     w = await env.worker()
     good = await env.runtime.send(user_id=env.user_id, client_request_id="good", content="y")
     assert (await env.collect(good))[-1]["type"] == "done"  # others keep flowing
@@ -287,6 +283,81 @@ async def test_poison_request_is_dead_lettered(env: Env) -> None:
     assert [d["request_id"] for d in dead] == [bad.request_id]
     assert await pending_zero(env)
     assert w.stats.dead == 1 and w.stats.crashes == 3
+
+
+async def test_job_built_at_send_equals_the_job_read_back(chat_env) -> None:  # type: ignore[no-untyped-def]
+    """`create_send(with_job=True)` builds the worker's job without reading it back: it must equal `load_job`'s
+    for a new conversation (with its system prompt), a follow-up after a reply, one after a failed empty reply
+    (left out of the context), and an explicit new root."""
+    from suite.chat import service
+    from suite.chat.models import new_id
+    from suite.core.db import session_scope
+
+    user_id, _ = make_user()
+    cid = new_id()
+
+    def send(content: str, **kw):  # type: ignore[no-untyped-def]
+        with session_scope() as s:
+            sub = service.create_send(
+                s,
+                request_id=new_id(),
+                user_id=user_id,
+                client_request_id=new_id(),
+                fingerprint=content,
+                conversation_id=cid,
+                content=content,
+                with_job=True,
+                **{"new_conversation": False, **kw},
+            )
+        with session_scope() as s:
+            assert sub.job is not None and sub.job == service.load_job(s, request_id=sub.request_id)
+        return sub
+
+    first = send("first", new_conversation=True, system_prompt="be brief", params={"max_tokens": 9})
+    assert first.job.messages == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "first"},
+    ]
+    with session_scope() as s:
+        service.finish_job(
+            s, request_id=first.request_id, state="done", content="an answer", finish_reason="stop", usage={}
+        )
+    second = send("second")
+    assert [m["content"] for m in second.job.messages] == ["be brief", "first", "an answer", "second"]
+    with session_scope() as s:
+        service.fail_request(
+            s, request_id=second.request_id, state="error", code="provider_error", message="x"
+        )
+    third = send("third")
+    assert [m["content"] for m in third.job.messages] == ["be brief", "first", "an answer", "second", "third"]
+    root = send("again", parent_id="")
+    assert [m["content"] for m in root.job.messages] == ["be brief", "again"]
+
+
+@pytest.mark.parametrize("broker_kind", ["redis"])
+async def test_new_entry_carries_its_job(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Redis entry carries the job read in the creating transaction: its first delivery starts without reading
+    SQL (the row is made poisonous after the send and the reply still comes); a context over the cap is not
+    carried and the worker reads it."""
+    from suite.chat import runtime
+    from suite.chat.models import ChatRequest
+    from suite.chat.service import decode_job
+    from suite.core.db import session_scope
+
+    monkeypatch.setattr(runtime, "JOB_IN_ENTRY_MAX", 1000)
+    sub = await env.runtime.send(user_id=env.user_id, client_request_id="c1", content="carried", max_tokens=7)
+    long = await env.runtime.send(user_id=env.user_id, client_request_id="c2", content="y " * 600)
+    fields = {f["request_id"]: f for _, f in await env.broker.client.xrange(env.broker.req_key)}
+    job = decode_job(fields[sub.request_id]["job"])
+    assert job.messages[-1] == {"role": "user", "content": "carried"}
+    assert job.params["max_tokens"] == 7 and job.state == "queued"
+    assert "job" not in fields[long.request_id]
+    with session_scope() as s:  # what SQL says now would fail the reply
+        s.get(ChatRequest, sub.request_id).params = {"max_tokens": -1}
+    await env.worker()
+    frames = await env.collect(sub)
+    assert frames[-1]["type"] == "done" and frames[-1]["usage"]["completion_tokens"] <= 7
+    assert (await env.collect(long))[-1]["type"] == "done"
 
 
 async def test_dead_worker_is_reclaimed(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,7 +41,7 @@ class Generation:
     name: str
     stats: WorkerStats
     runtime: str | None
-    _hooks: dict[str, Any]
+    _hooks: dict[str, list[Any]]
 
     def _slot(self, model: str) -> Any:  # pragma: no cover - defined by ChatWorker
         raise NotImplementedError
@@ -84,7 +84,7 @@ class Generation:
                 )
             )
 
-        self._hooks[rid] = bookkeeping
+        self._hooks.setdefault(rid, []).append(bookkeeping)
         initial = [("reset", Frame.encode({"attempt": attempt}))] if attempt > 1 else []
         initial.append(("status", Frame.encode({"state": "generating", "attempt": attempt})))
         params = job.params
@@ -236,6 +236,7 @@ class Generation:
         cancelled = False
         first_timeout = max(s.chunk_timeout_s, 120.0)
         urgent = bool(out)  # the status frame goes out now unless a token is ready to travel with it
+        token_written = False
 
         def cut() -> None:
             nonlocal buf
@@ -291,6 +292,13 @@ class Generation:
                     self._first_write_done(rid)
                     if cancelled:
                         break
+                    if first_token_at is not None and not token_written:
+                        token_written = True
+                        if not self.broker.shared:
+                            # In-process readers of the first token go before the rest is taken: one turn of
+                            # the loop for the tail to take the frame, one for the socket's sender to write it.
+                            await asyncio.sleep(0)
+                            await asyncio.sleep(0)
                     if (
                         job.assistant_message_id
                         and now - last_persist >= s.persist_every_s

@@ -1,8 +1,8 @@
 """The async side every entry point shares (WebSocket, REST, SSE, /v1): submit, cancel, and tail a reply.
 
 Send order, three steps on the critical path: the conversation lock and the rate limit (one broker round trip),
-the rows (one chat-db transaction, which also catches a duplicate by the unique key and, with a worker in this
-process, reads the job's context for it), then `status{queued}` and the enqueue (one broker round trip). Only
+the rows (one chat-db transaction, which also catches a duplicate by the unique key and builds the worker's job
+from what it wrote), then `status{queued}` and the enqueue (one broker round trip, one Lua call). Only
 when the lock is taken does a duplicate check run first (a resend while the original runs). Frames carry the
 client's request id; Redis keys use the server's, so one user's client id can never reach another user's reply.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 from suite.chat import notify, service
 from suite.chat.broker.base import Broker, BrokerUnavailable, Frame
-from suite.chat.db import db_thread, readonly, run_db
+from suite.chat.db import readonly, run_db
 from suite.chat.llm import ModelNotFound, is_known_model
 from suite.chat.models import FINISHED_STATES, ChatRequest, new_id
 from suite.chat.settings import ChatSettings
@@ -28,14 +28,16 @@ from suite.core.errors import Conflict, NotFound, RateLimited, TooLarge
 
 TERMINAL = ("done", "error")
 PREPARED_MAX = 512
+JOB_IN_ENTRY_MAX = 16_384  # characters of context a queue entry carries; a longer job is read by the worker
 
-# --- the hand-over to a worker in this process ------------------------------------------------------------
-# When a worker runs in this process (always with the in-process broker; `serve` with Redis and an embedded
-# worker), `send` reads the job's context in the same chat-db batch that creates the request, and the worker
-# that claims it takes it from here instead of reading it again: the first token waits for one transaction,
-# not two. A worker of another process never finds an entry; the oldest are dropped past PREPARED_MAX.
+# --- the hand-over to a worker ------------------------------------------------------------------------------
+# `send` builds the job (the context the provider gets) in the transaction that creates the request, so no
+# worker reads it again before the first token: a worker of this process (always with the in-process broker;
+# `serve` with Redis and an embedded worker) takes it from here (the oldest are dropped past PREPARED_MAX), one
+# of another process from the Redis entry, which carries it as JSON up to JOB_IN_ENTRY_MAX characters. Only a
+# new entry's first delivery uses either; a redelivery reads SQL (the request may have finished meanwhile).
 _local_workers = 0
-_prepared: OrderedDict[str, asyncio.Future[Any]] = OrderedDict()
+_prepared: OrderedDict[str, service.Job] = OrderedDict()
 
 
 def worker_started() -> None:
@@ -50,17 +52,14 @@ def worker_stopped() -> None:
         _prepared.clear()
 
 
-def offer_job(request_id: str, job: asyncio.Future[Any]) -> None:
+def offer_job(request_id: str, job: service.Job) -> None:
     _prepared[request_id] = job
     while len(_prepared) > PREPARED_MAX:
         _prepared.popitem(last=False)
 
 
-def take_job(request_id: str) -> asyncio.Future[Any] | None:
-    job = _prepared.pop(request_id, None)
-    if job is None or job.get_loop() is not asyncio.get_running_loop():
-        return None
-    return job
+def take_job(request_id: str) -> service.Job | None:
+    return _prepared.pop(request_id, None)
 
 
 @readonly
@@ -174,32 +173,30 @@ class ChatRuntime:
         try:
             if not locked:
                 await self._rate(user_id)
-            ops: list[tuple[Any, dict[str, Any]]] = [
-                (
-                    service.create_send,
-                    dict(
-                        request_id=rid,
-                        user_id=user_id,
-                        client_request_id=client_request_id,
-                        fingerprint=fingerprint,
-                        conversation_id=conv_id,
-                        new_conversation=conversation_id is None,
-                        content=content,
-                        parent_id=parent_id,
-                        model=model,
-                        system_prompt=system_prompt,
-                        params={"max_tokens": cap, "temperature": temperature},
-                    ),
-                )
-            ]
-            if _local_workers:  # same batch: the context is read in the transaction that wrote it
-                ops.append((service.load_job, {"request_id": rid}))
-            futures = db_thread().submit_many(ops)
-            if len(futures) > 1:
-                futures[1].add_done_callback(_quiet)
-            sub: service.Submitted = await futures[0]
-            if len(futures) > 1 and not sub.duplicate:
-                offer_job(rid, futures[1])
+            # The job is built in the creating transaction: a worker of this process takes it from here, one
+            # of another process from the queue entry; neither reads it again before the first token.
+            carry = self.broker.shared
+            sub: service.Submitted = await run_db(
+                service.create_send,
+                request_id=rid,
+                user_id=user_id,
+                client_request_id=client_request_id,
+                fingerprint=fingerprint,
+                conversation_id=conv_id,
+                new_conversation=conversation_id is None,
+                content=content,
+                parent_id=parent_id,
+                model=model,
+                system_prompt=system_prompt,
+                params={"max_tokens": cap, "temperature": temperature},
+                with_job=bool(_local_workers) or carry,
+            )
+            job_text = None
+            if sub.job is not None and not sub.duplicate:
+                if _local_workers:
+                    offer_job(rid, sub.job)
+                if carry:
+                    job_text = _job_text(sub.job)
         except BaseException:
             with contextlib.suppress(Exception):
                 await self.broker.lock_release(f"conv:{conv_id}", rid)
@@ -207,7 +204,7 @@ class ChatRuntime:
         if sub.duplicate:
             await self.broker.lock_release(f"conv:{conv_id}", rid)
             return sub
-        await self._enqueue(sub, user_id=user_id, kind="send")
+        await self._enqueue(sub, user_id=user_id, kind="send", job_text=job_text)
         if conversation_id is None:
             notify.conversation(
                 user_id, conversation_id=conv_id, action="created", title=service.title_from(content)
@@ -293,22 +290,23 @@ class ChatRuntime:
             notify.conversation(user_id, conversation_id=sub.conversation_id, action="created")
         return sub
 
-    async def _enqueue(self, sub: service.Submitted, *, user_id: int, kind: str) -> None:
+    async def _enqueue(
+        self, sub: service.Submitted, *, user_id: int, kind: str, job_text: str | None = None
+    ) -> None:
         try:
             position = None
             pending = getattr(self.broker, "_queue", None)
             if pending is not None:
                 position = len(pending) + 1
-            await self.broker.submit(
-                sub.request_id,
-                {
-                    "user_id": str(user_id),
-                    "conversation_id": sub.conversation_id or "",
-                    "model": sub.model,
-                    "enqueued_at": str(time.time()),
-                },
-                status={"state": "queued", "position": position},
-            )
+            fields = {
+                "user_id": str(user_id),
+                "conversation_id": sub.conversation_id or "",
+                "model": sub.model,
+                "enqueued_at": str(time.time()),
+            }
+            if job_text is not None:
+                fields["job"] = job_text
+            await self.broker.submit(sub.request_id, fields, status={"state": "queued", "position": position})
             notify.request_state(
                 user_id,
                 request_id=sub.client_request_id,
@@ -430,9 +428,10 @@ class ChatRuntime:
                 await asyncio.sleep(0.2)
 
 
-def _quiet(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()  # retrieved: a failed read is the worker's to redo, not a log line
+def _job_text(job: service.Job) -> str | None:
+    """The job as a queue entry carries it (None when too long: the worker reads it)."""
+    text = service.encode_job(job)
+    return text if len(text) <= JOB_IN_ENTRY_MAX else None
 
 
 @readonly

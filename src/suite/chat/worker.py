@@ -81,7 +81,8 @@ class ChatWorker(Generation):
         self._loops: list[asyncio.Task[Any]] = []
         self._stopping = False
         self._writes: set[asyncio.Future[Any]] = set()
-        self._hooks: dict[str, Any] = {}  # request id -> the start bookkeeping, run after its first write
+        # request id -> what runs after its first write (start bookkeeping, the in-flight mark)
+        self._hooks: dict[str, list[Any]] = {}
         self._local_slot: asyncio.Semaphore | None = None
         self.runtime: str | None = None
 
@@ -236,12 +237,22 @@ class ChatWorker(Generation):
             if entry.deliveries > self.s.max_deliveries:
                 await self._dead_letter(entry)
                 return
-            if not await self.broker.inflight_acquire(rid, self.name, self._inflight_ttl_ms()):
-                log.info("worker %s: %s is held by another live worker", self.name, rid)
-                return
+            held: list[asyncio.Future[bool]] = []
+            if not entry.fresh:
+                if not await self.broker.inflight_acquire(rid, self.name, self._inflight_ttl_ms()):
+                    log.info("worker %s: %s is held by another live worker", self.name, rid)
+                    return
+            else:
+                # A new entry's first delivery is this worker's alone (only a reclaim, long after, could
+                # compete): it is marked held after the first write, off the first token's path.
+                def hold() -> None:
+                    acquire = self.broker.inflight_acquire(rid, self.name, self._inflight_ttl_ms())
+                    held.append(asyncio.ensure_future(acquire))
+
+                self._hooks[rid] = [hold]
             self.active[entry.id] = entry
             try:
-                job = await self._load(rid)
+                job = await self._load(rid, entry)
                 if job is None:  # the conversation was deleted
                     await self.broker.ack(entry)
                     return
@@ -254,6 +265,8 @@ class ChatWorker(Generation):
                 self.active.pop(entry.id, None)
                 self._hooks.pop(rid, None)
                 with contextlib.suppress(Exception):
+                    for future in held:
+                        await future
                     await self.broker.inflight_release(rid, self.name)
         except asyncio.CancelledError:
             raise
@@ -266,23 +279,23 @@ class ChatWorker(Generation):
             with contextlib.suppress(Exception):
                 await run_db(_note_error, request_id=rid, message=f"{type(exc).__name__}: {exc}")
 
-    async def _load(self, rid: str) -> service.Job | None:
-        """The job's context: handed over by the runtime of this process (read in the same transaction that
-        created the request), else one read."""
+    async def _load(self, rid: str, entry: Entry) -> service.Job | None:
+        """The job's context: handed over by the runtime of this process, or carried by a new entry's first
+        delivery (both read in the transaction that created the request), else one read (a redelivery reads SQL:
+        the request may have finished meanwhile)."""
         prepared = take_job(rid)
-        if prepared is not None:
-            job: service.Job | None
+        if prepared is not None and entry.fresh:
+            return prepared
+        carried = entry.fields.get("job") if entry.fresh else None
+        if carried:
             try:
-                job = await prepared
-            except Exception:
-                job = None
-            if job is not None:
-                return job
+                return service.decode_job(carried)
+            except (ValueError, TypeError, KeyError) as exc:
+                log.warning("worker %s: %s carries an unreadable job (%s); reading it", self.name, rid, exc)
         return await run_db(service.load_job, request_id=rid)
 
     def _first_write_done(self, rid: str) -> None:
-        hook = self._hooks.pop(rid, None)
-        if hook is not None:
+        for hook in self._hooks.pop(rid, ()):
             hook()
 
     def _background(self, future: asyncio.Future[Any]) -> None:

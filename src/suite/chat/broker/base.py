@@ -21,6 +21,7 @@ class Entry:
     request_id: str
     fields: dict[str, str]
     deliveries: int = 1
+    fresh: bool = False  # a new entry's first delivery (never read before, by anyone)
 
 
 class Frame:
@@ -80,6 +81,7 @@ class ReplyRead:
 
 class Broker(Protocol):
     kind: str
+    shared: bool  # entries may be claimed by a worker of another process (they carry the job's context)
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...

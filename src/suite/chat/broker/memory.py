@@ -38,6 +38,7 @@ def _now() -> float:
 
 class MemoryBroker:
     kind = "memory"
+    shared = False
 
     def __init__(self, settings: ChatSettings) -> None:
         self.settings = settings
@@ -98,6 +99,7 @@ class MemoryBroker:
                 self._pending[entry_id] = _Pending(consumer, _now(), 1)
                 entry = self._entry(entry_id)
                 if entry:
+                    entry.fresh = True
                     out.append(entry)
             if out:
                 return out
@@ -160,7 +162,7 @@ class MemoryBroker:
     async def dead_letter(self, entry: Entry, error: str) -> None:
         self._dead.append(
             {
-                **entry.fields,
+                **{k: v for k, v in entry.fields.items() if k != "job"},  # the context stays in SQL
                 "entry_id": entry.id,
                 "error": error,
                 "deliveries": str(entry.deliveries),

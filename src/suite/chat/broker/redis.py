@@ -42,6 +42,16 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return {seq, redis.call('EXISTS', KEYS[3])}
 """
+# A request's `status{queued}` frame (opening its reply stream) and its queue entry, in one call: a pipeline
+# holding a script costs a SCRIPT EXISTS round trip first. KEYS: reply stream, seq counter, request stream.
+# ARGV: reply maxlen, ttl, status data, request maxlen, then the entry's field/value pairs.
+SUBMIT_LUA = """
+local seq = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'type', 'status', 'data', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 5))
+"""
 RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -72,6 +82,7 @@ def _unavailable(exc: Exception) -> BrokerUnavailable:
 
 class RedisBroker:
     kind = "redis"
+    shared = True
 
     def __init__(self, url: str, settings: ChatSettings, *, client: Any = None) -> None:
         """`client` replaces the pool built from `url` (the unit tier passes a fakeredis client)."""
@@ -90,6 +101,7 @@ class RedisBroker:
             socket_connect_timeout=2,
         )
         self._append = self.client.register_script(APPEND_LUA)
+        self._submit = self.client.register_script(SUBMIT_LUA)
         self._release = self.client.register_script(RELEASE_LUA)
         self._inflight = self.client.register_script(ACQUIRE_INFLIGHT_LUA)
         self._lock_and_rate = self.client.register_script(LOCK_AND_RATE_LUA)
@@ -154,14 +166,17 @@ class RedisBroker:
                 )
             )
 
-        async def both() -> Any:
-            pipe = self.client.pipeline(transaction=False)
-            keys, args = self._append_args(request_id, [("status", Frame.encode(status))], create=True)
-            await self._append(keys=keys, args=args, client=pipe)
-            pipe.xadd(self.req_key, data, maxlen=self.settings.request_maxlen, approximate=True)
-            return await pipe.execute()
-
-        _, entry_id = await self._call(both)
+        reply = self.reply_key(request_id)
+        keys = [reply, reply + ":seq", self.req_key]
+        args: list[Any] = [
+            self.settings.max_tokens + 100,
+            self.settings.reply_ttl_s,
+            Frame.encode(status),
+            self.settings.request_maxlen,
+        ]
+        for name, value in data.items():
+            args += [name, value]
+        entry_id = await self._call(lambda: self._submit(keys=keys, args=args))
         return str(entry_id)
 
     async def queue_lag(self) -> int | None:
@@ -204,6 +219,8 @@ class RedisBroker:
         )
         rows = result[0][1] if result else []
         entries, _ = self._entries(rows)
+        for e in entries:
+            e.fresh = True  # read with ">": never delivered before
         return entries
 
     async def recover(self, consumer: str) -> list[Entry]:
@@ -252,7 +269,7 @@ class RedisBroker:
 
     async def dead_letter(self, entry: Entry, error: str) -> None:
         fields = {
-            **entry.fields,
+            **{k: v for k, v in entry.fields.items() if k != "job"},  # the context stays in SQL
             "entry_id": entry.id,
             "error": error[:2000],
             "deliveries": str(entry.deliveries),

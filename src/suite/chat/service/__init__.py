@@ -23,7 +23,9 @@ from suite.chat.service.conversations import (
 )
 from suite.chat.service.jobs import (
     Job,
+    decode_job,
     done_frame,
+    encode_job,
     finish_job,
     load_job,
     mark_started,
@@ -59,8 +61,10 @@ __all__ = [
     "create_conversation",
     "create_regenerate",
     "create_send",
+    "decode_job",
     "delete_conversation",
     "done_frame",
+    "encode_job",
     "export_conversation",
     "fail_request",
     "find_request",

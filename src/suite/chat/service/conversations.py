@@ -134,6 +134,20 @@ def _branch_query() -> Any:
     return select(Message).join(path, Message.id == path.c.id).order_by(path.c.depth.desc())
 
 
+@lru_cache(maxsize=1)
+def _branch_turns_query() -> Any:
+    """`_branch_query` as plain rows (role, content, status): what a job's context needs, without ORM objects."""
+    full = _branch_query()
+    return full.with_only_columns(Message.role, Message.content, Message.status)
+
+
+def branch_turns(session: Session, *, leaf_id: str | None) -> list[Any]:
+    """The (role, content, status) rows of the path from the root to `leaf_id`, root first."""
+    if not leaf_id:
+        return []
+    return list(session.execute(_branch_turns_query(), {"leaf_id": leaf_id}))
+
+
 def branch_of(session: Session, *, leaf_id: str | None) -> list[Message]:
     """The path from the root to `leaf_id`: one recursive query, however deep the conversation."""
     if not leaf_id:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from suite.chat.db import readonly
-from suite.chat.models import FINISHED_STATES, ChatRequest, Conversation, Message
+from suite.chat.models import FINISHED_STATES, ChatRequest, Message
 from suite.chat.service.common import (
+    _CONV,
     _FINISH_MSG,
     _FINISH_REQ,
     _FIRST_TOKEN,
@@ -22,7 +26,7 @@ from suite.chat.service.common import (
     _TOUCH_CONV,
     settings,
 )
-from suite.chat.service.conversations import branch_of
+from suite.chat.service.conversations import branch_turns
 from suite.chat.text import message_tokens
 from suite.core.db import utcnow
 
@@ -46,21 +50,91 @@ class Job:
     client_request_id: str = ""
 
 
-def _context(session: Session, req: ChatRequest) -> list[dict[str, str]]:
-    chat = settings()
-    if req.kind == "api" and "messages" in req.params:
-        return [dict(m) for m in req.params["messages"]]
-    conv = session.get(Conversation, req.conversation_id) if req.conversation_id else None
-    path = branch_of(session, leaf_id=req.user_message_id)
-    system = (conv.system_prompt if conv and conv.system_prompt is not None else None) or chat.system_prompt
+def encode_job(job: Job) -> str:
+    """The job as JSON for a queue entry (its first delivery starts without reading SQL)."""
+    data = asdict(job)
+    data["enqueued_at"] = job.enqueued_at.isoformat()
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_job(text: str) -> Job:
+    data = json.loads(text)
+    data["enqueued_at"] = datetime.fromisoformat(data["enqueued_at"])
+    return Job(**data)
+
+
+def context_of(system_prompt: str | None, turns: Iterable[Any]) -> list[dict[str, str]]:
+    """The provider's messages: the system prompt (the conversation's, else the configured one), then the
+    branch's turns (rows with role, content, status) minus empty failed replies."""
+    system = system_prompt or settings().system_prompt
     out = [{"role": "system", "content": system}] if system else []
     out += [
         {"role": m.role, "content": m.content}
-        for m in path
+        for m in turns
         if m.role in ("user", "assistant", "system")
         and not (m.role == "assistant" and m.status in ("error",) and not m.content)
     ]
     return out
+
+
+def make_job(
+    *,
+    request_id: str,
+    kind: str,
+    state: str,
+    user_id: int,
+    conversation_id: str | None,
+    assistant_message_id: str | None,
+    model: str,
+    params: dict[str, Any] | None,
+    context: list[dict[str, str]],
+    enqueued_at: datetime,
+    client_request_id: str,
+) -> Job:
+    """A job from a request's fields and its untrimmed context: max_tokens capped, context trimmed to fit."""
+    chat = settings()
+    params = dict(params or {})
+    max_tokens = min(int(params.get("max_tokens") or chat.max_tokens), chat.max_tokens)
+    messages, trimmed = trim_context(context, budget=chat.context_tokens - max_tokens)
+    return Job(
+        request_id=request_id,
+        kind=kind,
+        state=state,
+        user_id=user_id,
+        conversation_id=conversation_id,
+        assistant_message_id=assistant_message_id,
+        model=model,
+        params={**params, "max_tokens": max_tokens},
+        messages=messages,
+        trimmed=trimmed,
+        prompt_estimate=sum(message_tokens(m) for m in messages),
+        enqueued_at=enqueued_at,
+        client_request_id=client_request_id,
+    )
+
+
+@lru_cache(maxsize=1)
+def _job_query() -> Any:
+    """The request's columns a job needs and its conversation's system prompt, one row (Core, no ORM objects:
+    this read is on the first token's path)."""
+    return (
+        select(
+            _REQ.c.id,
+            _REQ.c.kind,
+            _REQ.c.state,
+            _REQ.c.user_id,
+            _REQ.c.conversation_id,
+            _REQ.c.assistant_message_id,
+            _REQ.c.user_message_id,
+            _REQ.c.model,
+            _REQ.c.params,
+            _REQ.c.enqueued_at,
+            _REQ.c.client_request_id,
+            _CONV.c.system_prompt,
+        )
+        .select_from(_REQ.outerjoin(_CONV, _CONV.c.id == _REQ.c.conversation_id))
+        .where(_REQ.c.id == bindparam("rid"))
+    )
 
 
 def trim_context(messages: list[dict[str, str]], *, budget: int) -> tuple[list[dict[str, str]], int]:
@@ -82,13 +156,14 @@ def trim_context(messages: list[dict[str, str]], *, budget: int) -> tuple[list[d
 @readonly
 def load_job(session: Session, *, request_id: str) -> Job | None:
     """The request and its context (trimmed to the budget), read only. None when it is gone."""
-    req = session.get(ChatRequest, request_id)
+    req = session.execute(_job_query(), {"rid": request_id}).first()
     if req is None:
         return None
-    chat = settings()
-    max_tokens = min(int(req.params.get("max_tokens") or chat.max_tokens), chat.max_tokens)
-    messages, trimmed = trim_context(_context(session, req), budget=chat.context_tokens - max_tokens)
-    return Job(
+    if req.kind == "api" and "messages" in (req.params or {}):
+        context = [dict(m) for m in req.params["messages"]]
+    else:
+        context = context_of(req.system_prompt, branch_turns(session, leaf_id=req.user_message_id))
+    return make_job(
         request_id=req.id,
         kind=req.kind,
         state=req.state,
@@ -96,10 +171,8 @@ def load_job(session: Session, *, request_id: str) -> Job | None:
         conversation_id=req.conversation_id,
         assistant_message_id=req.assistant_message_id,
         model=req.model,
-        params={**req.params, "max_tokens": max_tokens},
-        messages=messages,
-        trimmed=trimmed,
-        prompt_estimate=sum(message_tokens(m) for m in messages),
+        params=req.params,
+        context=context,
         enqueued_at=req.enqueued_at,
         client_request_id=req.client_request_id,
     )

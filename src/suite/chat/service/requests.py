@@ -19,7 +19,13 @@ from suite.chat.service.common import (
     _SET_LEAF,
     settings,
 )
-from suite.chat.service.conversations import create_conversation, get_conversation, get_message
+from suite.chat.service.conversations import (
+    branch_turns,
+    create_conversation,
+    get_conversation,
+    get_message,
+)
+from suite.chat.service.jobs import Job, context_of, make_job
 from suite.chat.text import message_tokens, sha256_of, title_from
 from suite.core.db import utcnow
 from suite.core.errors import Conflict, NotFound, TooLarge, ValidationFailed
@@ -37,6 +43,7 @@ class Submitted:
     model: str
     duplicate: bool
     state: str
+    job: Job | None = None  # the worker's job, when asked for and the request is new (see create_send)
 
     def ack(self) -> dict[str, Any]:
         return {
@@ -136,8 +143,12 @@ def create_send(
     model: str | None = None,
     system_prompt: str | None = None,
     params: dict[str, Any] | None = None,
+    with_job: bool = False,
 ) -> Submitted:
     """A user message, its (empty, streaming) assistant reply and the request, in one transaction.
+
+    `with_job`: also build the worker's job (what `load_job` would read back) from what is at hand here, so a
+    worker can start without reading it: no read at all for a new conversation, the branch for an old one.
 
     Idempotent on (user, client_request_id), by the unique key alone (no lookup first: a new request is the
     common case): a resend, or a concurrent twin, fails the insert and gets the earlier request back, or
@@ -165,6 +176,7 @@ def create_send(
             else:
                 conv = get_conversation(session, user_id=user_id, conversation_id=conversation_id)
                 conv_model, active_leaf = conv.model, conv.active_leaf_id
+                system_prompt = conv.system_prompt
             if parent_id is None:
                 parent_id = active_leaf
             elif parent_id:
@@ -232,6 +244,23 @@ def create_send(
         if dup is None:
             raise
         return dup
+    job = None
+    if with_job:
+        turns = branch_turns(session, leaf_id=parent_id) if parent_id else []
+        turns.append(_Turn("user", content, "complete"))
+        job = make_job(
+            request_id=request_id,
+            kind="send",
+            state="queued",
+            user_id=user_id,
+            conversation_id=conversation_id,
+            assistant_message_id=reply_id,
+            model=use_model,
+            params=params,
+            context=context_of(system_prompt, turns),
+            enqueued_at=now,
+            client_request_id=client_request_id,
+        )
     return Submitted(
         request_id=request_id,
         client_request_id=client_request_id,
@@ -241,7 +270,15 @@ def create_send(
         model=use_model,
         duplicate=False,
         state="queued",
+        job=job,
     )
+
+
+@dataclass
+class _Turn:
+    role: str
+    content: str
+    status: str
 
 
 def create_regenerate(
