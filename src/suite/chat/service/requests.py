@@ -96,6 +96,19 @@ def check_duplicate(
     return _submitted(req, duplicate=True)
 
 
+def _duplicate_of(
+    session: Session, error: IntegrityError, *, user_id: int, client_request_id: str, fingerprint: str
+) -> Submitted:
+    """After a unique-key failure: the earlier request with this client id, Conflict when its content differs,
+    or `error` again when it was about something else."""
+    dup = check_duplicate(
+        session, user_id=user_id, client_request_id=client_request_id, fingerprint=fingerprint
+    )
+    if dup is None:
+        raise error
+    return dup
+
+
 def send_fingerprint(
     *,
     kind: str,
@@ -237,13 +250,10 @@ def create_send(
             session.execute(_SET_LEAF, {"cid": conversation_id, "leaf": reply_id, "now": now})
             if not new_conversation:
                 session.expire(conv, ["active_leaf_id", "updated_at"])
-    except IntegrityError:
-        dup = check_duplicate(
-            session, user_id=user_id, client_request_id=client_request_id, fingerprint=fingerprint
+    except IntegrityError as exc:
+        return _duplicate_of(
+            session, exc, user_id=user_id, client_request_id=client_request_id, fingerprint=fingerprint
         )
-        if dup is None:
-            raise
-        return dup
     job = None
     if with_job:
         turns = branch_turns(session, leaf_id=parent_id) if parent_id else []
@@ -330,13 +340,10 @@ def create_regenerate(
             conv.active_leaf_id = reply.id
             conv.updated_at = utcnow()
             session.flush()
-    except IntegrityError:
-        dup = check_duplicate(
-            session, user_id=user_id, client_request_id=client_request_id, fingerprint=fingerprint
+    except IntegrityError as exc:
+        return _duplicate_of(
+            session, exc, user_id=user_id, client_request_id=client_request_id, fingerprint=fingerprint
         )
-        if dup is None:
-            raise
-        return dup
     return _submitted(req, duplicate=False)
 
 
