@@ -328,3 +328,23 @@ def test_purge_old_requests_and_reply_streams(cli_env: None, run_cli, redis_url:
         assert done.state == "done", done.error
         assert done.result["requests"] == 1  # `recent`; the running one stays
     client.close()
+
+
+# --- bench -----------------------------------------------------------------------------------------------------
+
+
+def test_bench_pipeline_embedded_redis_and_a_bad_broker(cli_env: None, run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The B1 pipeline for real, smallest shape, on `serve` with Redis and its embedded worker (its own
+    redis-server); an unknown broker name exits 2 in one line."""
+    bad = run_cli("chat", "bench", "pipeline", "--broker", "memory,rabbit")
+    assert bad.returncode == 2 and "unknown rabbit" in bad.stderr and "Traceback" not in bad.stderr
+    out = tmp_path / "b1.json"
+    done = run_cli(
+        "chat", "bench", "pipeline", "--broker", "redis-embedded", "--sockets", "1", "--messages", "2",
+        "--tokens", "4", "--coalesced", "", "--out", str(out), timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(out.read_text())["brokers"]
+    assert row["broker"] == "redis-embedded" and "skipped" not in row
+    (one,) = row["frame_per_token"]
+    assert one["replies"] == 2 and one["errors"] == 0 and one["ttft_ms_p50"] > 0

@@ -438,18 +438,24 @@ def bench_pipeline(
     sockets: Annotated[str, typer.Option(help="Comma-separated socket counts.")] = "1,10,20,50",
     messages: Annotated[int, typer.Option(min=1, help="Messages per socket.")] = 3,
     tokens: Annotated[int, typer.Option(min=1, help="Tokens per reply.")] = 64,
-    broker: Annotated[str, typer.Option(help="memory, redis or memory,redis.")] = "memory",
+    broker: Annotated[
+        str, typer.Option(help="Comma-separated: memory, redis (a separate worker), redis-embedded.")
+    ] = "memory",
     coalesced: Annotated[str, typer.Option(help="Socket counts for the coalesced round ('' skips).")] = "20",
     out: OutOpt = None,
 ) -> None:
     """B1: the pipeline (scripted provider) at N sockets: replies/s, frames/s, TTFT, added latency."""
-    from suite.chat.bench.pipeline import run_pipeline
+    from suite.chat.bench.pipeline import BROKERS, run_pipeline
 
+    brokers = [b.strip() for b in broker.split(",") if b.strip()]
+    unknown = [b for b in brokers if b not in BROKERS]
+    if unknown or not brokers:
+        fail(f"--broker: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(BROKERS)}", 2)
     result = run_pipeline(
         sockets=_ints(sockets),
         messages=messages,
         tokens=tokens,
-        brokers=[b.strip() for b in broker.split(",") if b.strip()],
+        brokers=brokers,
         coalesced_sockets=_ints(coalesced),
     )
     _bench_out(result, out)

@@ -17,6 +17,10 @@ from typing import Any
 
 from suite.chat.bench.common import Stack, cpu_seconds, loadavg, pct, rss_mb, scripted
 
+# name -> (broker, worker in its own process): `redis` is a worker pool (`suite chat worker` beside `serve
+# --no-worker`), `redis-embedded` is `suite chat serve` with Redis and its embedded worker.
+BROKERS = {"memory": ("memory", False), "redis": ("redis", True), "redis-embedded": ("redis", False)}
+
 
 async def _provider_alone(options: dict[str, Any], runs: int = 20) -> dict[str, float | None]:
     from suite.core.llm.scripted import ScriptedProvider
@@ -124,6 +128,7 @@ def run_broker(
     ttft_s: float = 0.0,
     token_delay_s: float = 0.0,
 ) -> dict[str, Any]:
+    kind, separate = BROKERS[broker]
     options = {"tokens": tokens, "ttft_s": ttft_s, "token_delay_s": token_delay_s}
     env = {
         "SUITE_CHAT__DEFAULT_MODEL": "bench",
@@ -134,7 +139,9 @@ def run_broker(
     }
     out: dict[str, Any] = {"broker": broker}
     try:
-        with Stack(broker=broker, env={**env, "SUITE_CHAT__COALESCE_TOKENS": "1"}) as stack:
+        with Stack(
+            broker=kind, separate_worker=separate, env={**env, "SUITE_CHAT__COALESCE_TOKENS": "1"}
+        ) as stack:
             asyncio.run(
                 drive(stack.ws_url, stack.token, 1, 3)
             )  # warm-up (imports, first SQL, first connection)
@@ -142,7 +149,7 @@ def run_broker(
             out["provider_alone"] = alone
             out["frame_per_token"] = [_measure(stack, n, messages, alone) for n in sockets]
         if coalesced_sockets:
-            with Stack(broker=broker, env=env) as stack:
+            with Stack(broker=kind, separate_worker=separate, env=env) as stack:
                 asyncio.run(drive(stack.ws_url, stack.token, 1, 3))
                 out["coalesced"] = [_measure(stack, n, messages, alone) for n in coalesced_sockets]
     except RuntimeError as exc:
