@@ -3,7 +3,7 @@
 
 Environment: CHAT_BENCH_ONLY (comma-separated of pipeline,model,e2e,provider,slow; default all),
 CHAT_BENCH_SOCKETS (B1, default 1,10,20,50), CHAT_BENCH_MESSAGES (B1, 5), CHAT_BENCH_TOKENS (B1, 64),
-CHAT_BENCH_BROKERS (B1, memory,redis), CHAT_BENCH_MODEL_TOKENS (B2, 64,256), SUITE_BENCH_LLM_CACHE (B2/B3: where
+CHAT_BENCH_BROKERS (B1, memory,redis,redis-embedded), CHAT_BENCH_MODEL_TOKENS (B2, 64,256), SUITE_BENCH_LLM_CACHE (B2/B3: where
 the converted model copy is kept between runs). B2 and B3 report `skipped` without a local runtime.
 """
 
@@ -37,7 +37,7 @@ def run() -> dict[str, Any]:
                 from suite.chat.bench.pipeline import run_pipeline
 
                 brokers = [
-                    b for b in os.environ.get("CHAT_BENCH_BROKERS", "memory,redis").split(",") if b.strip()
+                    b for b in os.environ.get("CHAT_BENCH_BROKERS", "memory,redis,redis-embedded").split(",") if b.strip()
                 ]
                 out[name] = run_pipeline(
                     sockets=_ints("CHAT_BENCH_SOCKETS", "1,10,20,50"),
