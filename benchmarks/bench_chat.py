@@ -37,7 +37,9 @@ def run() -> dict[str, Any]:
                 from suite.chat.bench.pipeline import run_pipeline
 
                 brokers = [
-                    b for b in os.environ.get("CHAT_BENCH_BROKERS", "memory,redis,redis-embedded").split(",") if b.strip()
+                    b
+                    for b in os.environ.get("CHAT_BENCH_BROKERS", "memory,redis,redis-embedded").split(",")
+                    if b.strip()
                 ]
                 out[name] = run_pipeline(
                     sockets=_ints("CHAT_BENCH_SOCKETS", "1,10,20,50"),
