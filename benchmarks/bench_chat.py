@@ -2,7 +2,7 @@
 `python benchmarks/bench_chat.py`. The same code as `suite chat bench pipeline|model|e2e|provider|slow`.
 
 Environment: CHAT_BENCH_ONLY (comma-separated of pipeline,model,e2e,provider,slow; default all),
-CHAT_BENCH_SOCKETS (B1, default 1,10,20,50), CHAT_BENCH_MESSAGES (B1, 5), CHAT_BENCH_TOKENS (B1, 64),
+CHAT_BENCH_SOCKETS (B1, default 1,10,20,50,100), CHAT_BENCH_MESSAGES (B1, 5), CHAT_BENCH_TOKENS (B1, 64),
 CHAT_BENCH_BROKERS (B1, memory,redis,redis-embedded), CHAT_BENCH_MODEL_TOKENS (B2, 64,256), SUITE_BENCH_LLM_CACHE (B2/B3: where
 the converted model copy is kept between runs). B2 and B3 report `skipped` without a local runtime.
 """
@@ -42,7 +42,7 @@ def run() -> dict[str, Any]:
                     if b.strip()
                 ]
                 out[name] = run_pipeline(
-                    sockets=_ints("CHAT_BENCH_SOCKETS", "1,10,20,50"),
+                    sockets=_ints("CHAT_BENCH_SOCKETS", "1,10,20,50,100"),
                     messages=int(os.environ.get("CHAT_BENCH_MESSAGES", "5")),
                     tokens=int(os.environ.get("CHAT_BENCH_TOKENS", "64")),
                     brokers=brokers,

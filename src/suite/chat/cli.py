@@ -435,7 +435,7 @@ OutOpt = Annotated[Path | None, typer.Option(help="Write the JSON here too.")]
 
 @bench_app.command("pipeline")
 def bench_pipeline(
-    sockets: Annotated[str, typer.Option(help="Comma-separated socket counts.")] = "1,10,20,50",
+    sockets: Annotated[str, typer.Option(help="Comma-separated socket counts.")] = "1,10,20,50,100",
     messages: Annotated[int, typer.Option(min=1, help="Messages per socket.")] = 3,
     tokens: Annotated[int, typer.Option(min=1, help="Tokens per reply.")] = 64,
     broker: Annotated[
