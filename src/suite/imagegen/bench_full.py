@@ -272,27 +272,37 @@ def bench_gpu(families: list[str] | None = None, steps: int = 20, compile: bool 
     return out
 
 
-def _cpu_step_ms(pipe: Any, *, steps: int, size: int, seed: int = 0) -> float:
-    """Median time between step callbacks of a direct call (the denoising step; VAE decode excluded)."""
-    marks: list[float] = []
+def _cpu_step_ms(pipe: Any, *, steps: int, size: int, seed: int = 0, calls: int = 2) -> float:
+    """Median time between step callbacks of `calls` direct calls (the denoising step; VAE decode excluded)."""
+    intervals: list[float] = []
+    for _ in range(calls):
+        marks: list[float] = []
 
-    def on_step(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        marks.append(time.perf_counter())
-        return kwargs
+        def on_step(
+            p: Any, i: int, t: Any, kwargs: dict[str, Any], marks: list[float] = marks
+        ) -> dict[str, Any]:
+            marks.append(time.perf_counter())
+            return kwargs
 
-    direct_call(pipe, steps=steps, seed=seed, size=size, callback_on_step_end=on_step)
-    return statistics.median(b - a for a, b in itertools.pairwise(marks)) * 1000
+        direct_call(pipe, steps=steps, seed=seed, size=size, callback_on_step_end=on_step)
+        intervals += [b - a for a, b in itertools.pairwise(marks)]
+    return statistics.median(intervals) * 1000
 
 
 def bench_full_size(family: str = "sd15", *, size: int = 256, steps: int = 3, n: int = 3) -> dict[str, Any]:
     """The routes' overhead at full size on the CPU: a random-weight `family` pipeline saved as a diffusers
-    folder, registered, served by the worker; a second copy loaded from the same folder is the direct
-    baseline. Needs ~10 GB of RAM for SD1.5 (two fp32 copies)."""
+    folder, registered and served by the worker (its own thread, all cores); the direct baseline is
+    `StableDiffusionPipeline.from_pretrained` of the same folder called on the main thread (diffusers maps
+    the safetensors files in both loads, so the two copies share the page cache). Rounds as in bench_http,
+    with each route's wall split into the route around the worker's `engine.generate` and that call against
+    the direct one, and the process's page faults per call (the worker runs on glibc's main malloc arena:
+    imagegen/heap.py). SD1.5 takes ~6 GB of RAM (RSS reads ~10 GB: both copies map the same files)."""
     import diffusers
     import torch
 
     from suite.core.db import prepare_database, session_scope
     from suite.imagegen import bench_http, service
+    from suite.imagegen import worker as worker_mod
 
     prepare_database()
     t0 = time.perf_counter()
@@ -310,7 +320,8 @@ def bench_full_size(family: str = "sd15", *, size: int = 256, steps: int = 3, n:
     try:
         with bench_http.serving(threads=None) as base:  # the worker's default: all cores
             threads = torch.get_num_threads()
-            step_ms = _cpu_step_ms(pipe, steps=steps, size=size)
+            worker = worker_mod.current_worker()
+            main_arena = worker is not None and worker.main_arena
             out = bench_http.rounds(
                 base,
                 lambda: direct_call(pipe, steps=steps, seed=7, size=size),
@@ -321,6 +332,7 @@ def bench_full_size(family: str = "sd15", *, size: int = 256, steps: int = 3, n:
                 model=name,
                 checkpoint=title,
             )
+            step_ms = _cpu_step_ms(pipe, steps=steps, size=size)  # warm: after the rounds
     finally:
         import shutil
 
@@ -331,6 +343,16 @@ def bench_full_size(family: str = "sd15", *, size: int = 256, steps: int = 3, n:
         k: {
             "wall_pct_of_step": round(out[f"{k}_overhead_ms"]["wall"] / step_ms * 100, 2),
             "cpu_pct_of_step": round(out[f"{k}_overhead_ms"]["cpu"] / step_ms * 100, 2),
+            # how settled the paired wall median is: the width of its interquartile range
+            "wall_iqr_width_pct_of_step": round(
+                (out[f"{k}_overhead_ms"]["wall_iqr"][1] - out[f"{k}_overhead_ms"]["wall_iqr"][0])
+                / step_ms
+                * 100,
+                2,
+            ),
+            "outside_generation_pct_of_step": round(
+                out[f"{k}_overhead_ms"]["outside_generation"] / step_ms * 100, 2
+            ),
         }
         for k in ("native", "a1111")
     }
@@ -339,6 +361,7 @@ def bench_full_size(family: str = "sd15", *, size: int = 256, steps: int = 3, n:
         "size": f"{size}x{size}",
         "steps": steps,
         "torch_threads": threads,
+        "worker_on_main_malloc_arena": main_arena,
         "build_and_save_s": round(build_s, 1),
         "step_ms": round(step_ms, 1),
         **out,

@@ -5,7 +5,10 @@ Per round, in a rotating order: `direct` (`pipe(...)` on a pipeline of its own, 
 parameters), `native` (POST /api/v1/imagegen/jobs?wait=... then GET the PNG: what a client does), `a1111`
 (POST /sdapi/v1/txt2img) and optionally `native_sse` (POST, SSE until the terminal status, which carries
 the image URLs, then GET the PNG). Wall and
-process CPU time of each call; every route's pixels must equal the direct call's of the same round.
+process CPU time and minor page faults of each call; every route's pixels must equal the direct call's of the
+same round. Each route's paired wall overhead is also split in two with the job's `gen_ms` (the worker's
+`engine.generate`, read after the timed call): the route around generation, and generation against the
+direct call.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import resource
 import socket
 import statistics
 import threading
@@ -85,15 +89,15 @@ def serving(threads: int | None) -> Iterator[str]:
         worker_mod._worker = None
 
 
-def _native(http: Any, body: dict[str, Any]) -> Any:
+def _native(http: Any, body: dict[str, Any]) -> tuple[Any, str]:
     r = http.post("/api/v1/imagegen/jobs", params={"wait": 600}, json=body)
     job = r.json()
     if r.status_code != 200 or job["status"] != "succeeded":
         raise RuntimeError(f"native job did not succeed: {r.status_code} {job}")
-    return pixels(http.get(job["images"][0]["url"]).content)
+    return pixels(http.get(job["images"][0]["url"]).content), job["id"]
 
 
-def _native_sse(http: Any, body: dict[str, Any]) -> Any:
+def _native_sse(http: Any, body: dict[str, Any]) -> tuple[Any, str]:
     """POST, follow the job's SSE stream to its terminal `job.status` (which carries the image URLs), GET
     the PNG."""
     import json
@@ -109,14 +113,24 @@ def _native_sse(http: Any, body: dict[str, Any]) -> Any:
                 last = json.loads(line[6:])
     if last.get("status") != "succeeded" or not last.get("images"):
         raise RuntimeError(f"native SSE job did not succeed: {last}")
-    return pixels(http.get(last["images"][0]["url"]).content)
+    return pixels(http.get(last["images"][0]["url"]).content), job_id
 
 
-def _a1111(http: Any, body: dict[str, Any]) -> Any:
+def _a1111(http: Any, body: dict[str, Any]) -> tuple[Any, str]:
     res = http.post("/sdapi/v1/txt2img", json=body).json()
     if "images" not in res:
         raise RuntimeError(f"A1111 call failed: {res}")
-    return pixels(base64.b64decode(res["images"][0]))
+    return pixels(base64.b64decode(res["images"][0])), res["job_id"]
+
+
+def _gen_s(job_id: str) -> float:
+    from suite.imagegen.worker import current_worker
+
+    w = current_worker()
+    h = w.handle(job_id) if w is not None else None
+    if h is None or h.read is None:
+        raise RuntimeError(f"job {job_id} has no record in the worker")
+    return float(h.read["timings"]["gen_ms"]) / 1000
 
 
 def rounds(
@@ -141,8 +155,8 @@ def rounds(
         body["model"] = model
     if checkpoint:
         a1111["override_settings"] = {"sd_model_checkpoint": checkpoint}
-    calls: dict[str, Callable[[Any], Any]] = {
-        "direct": lambda _http: pixels(direct()),
+    calls: dict[str, Callable[[Any], tuple[Any, str | None]]] = {
+        "direct": lambda _http: (pixels(direct()), None),
         "native": lambda http: _native(http, body),
         "a1111": lambda http: _a1111(http, a1111),
     }
@@ -151,6 +165,8 @@ def rounds(
     names = list(calls)
     wall: dict[str, list[float]] = {k: [] for k in names}
     cpu: dict[str, list[float]] = {k: [] for k in names}
+    faults: dict[str, list[int]] = {k: [] for k in names}
+    gen: dict[str, list[float]] = {k: [] for k in names[1:]}  # the worker's engine.generate, per job
     loads: list[float] = []
     mismatches: list[str] = []
     with httpx.Client(base_url=base, timeout=3600) as http:
@@ -158,12 +174,17 @@ def rounds(
             order = names[i % len(names) :] + names[: i % len(names)]  # rotate: no route always goes first
             got: dict[str, Any] = {}
             for name in order:
+                f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 c0, t0 = time.process_time(), time.perf_counter()
-                got[name] = calls[name](http)
+                got[name], job_id = calls[name](http)
                 t1, c1 = time.perf_counter(), time.process_time()
+                f1 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 if i:
                     wall[name].append(t1 - t0)
                     cpu[name].append(c1 - c0)
+                    faults[name].append(f1 - f0)
+                    if job_id is not None:  # the worker's record of the job (in process, no request)
+                        gen[name].append(_gen_s(job_id))
             mismatches += [f"round {i}: {k}" for k in names[1:] if not np.array_equal(got["direct"], got[k])]
             loads.append(os.getloadavg()[0])
     out: dict[str, Any] = {
@@ -172,16 +193,25 @@ def rounds(
         "loadavg_1m": {"min": min(loads), "median": statistics.median(loads), "max": max(loads)},
         "wall_ms": {k: median_ms(v) for k, v in wall.items()},
         "cpu_ms": {k: median_ms(v) for k, v in cpu.items()},
+        "page_faults": {k: int(statistics.median(v)) for k, v in faults.items()},  # minor, whole process
         "pixel_mismatches": mismatches,
     }
     for k in names[1:]:
         dw = [a - b for a, b in zip(wall[k], wall["direct"], strict=True)]
         dc = [a - b for a, b in zip(cpu[k], cpu["direct"], strict=True)]
+        outside = [a - b for a, b in zip(wall[k], gen[k], strict=True)]
+        engine = [a - b for a, b in zip(gen[k], wall["direct"], strict=True)]
         out[f"{k}_overhead_ms"] = {
             # median of the per-round differences (paired): steadier than a difference of medians
             "wall": median_ms(dw),
             "cpu": median_ms(dc),
             "wall_iqr": quartiles_ms(dw),  # [p25, p75]: how settled the median is
             "cpu_iqr": quartiles_ms(dc),
+            # the wall split in two: the route around the worker's engine.generate (HTTP, queue, database,
+            # PNG, the client's decode), and engine.generate against the direct call (paired)
+            "outside_generation": median_ms(outside),
+            "outside_generation_iqr": quartiles_ms(outside),
+            "generation_vs_direct": median_ms(engine),
+            "generation_vs_direct_iqr": quartiles_ms(engine),
         }
     return out

@@ -538,7 +538,12 @@ def bench(
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="gpu: also torch.compile.")] = True,
     quick: Annotated[bool, typer.Option("--quick", help="Fewer repetitions.")] = False,
     rounds: Annotated[
-        int | None, typer.Option(min=3, max=1000, help="b1: counted rounds (default 60, 5 with --quick).")
+        int | None,
+        typer.Option(
+            min=3,
+            max=1000,
+            help="b1 and full_size: counted rounds (b1 60, full_size 3; 5 and 2 with --quick).",
+        ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Write the JSON here.")] = None,
 ) -> None:
@@ -571,6 +576,7 @@ def bench(
         gpu_families=families,
         gpu_compile=compile,
         rounds=rounds,
+        full_size_rounds=rounds,
     )
     text = json.dumps(result, indent=2, default=str)
     if out:

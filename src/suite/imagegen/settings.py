@@ -52,6 +52,10 @@ class ImagegenSettings(Section):
     cpu_offload: bool = False
     channels_last: bool = False
     compile: bool = Field(False, description="torch.compile the UNet (GPU only)")
+    malloc_tuning: bool = Field(
+        True,
+        description="glibc: keep large CPU buffers between steps and run the worker on the main malloc arena",
+    )
     device_lock_wait_s: float = Field(
         0, ge=0, description="wait this long for a device another process's worker holds (0: refuse at once)"
     )

@@ -20,7 +20,7 @@ from typing import Any
 
 from suite.core.db import session_scope, utcnow
 from suite.core.errors import Conflict, NotFound, RateLimited, Unavailable
-from suite.imagegen import runner, service
+from suite.imagegen import heap, runner, service
 from suite.imagegen.devicelock import DeviceLock
 from suite.imagegen.handles import BusForwarder, JobHandle, Listener
 from suite.imagegen.models import FINISHED, GenJob
@@ -49,6 +49,8 @@ class Worker:
         self.queue_limit = queue_limit or s.queue_limit
         self.progress_interval = 1.0 / s.progress_hz
         self.idle_unload_s = s.idle_unload_s
+        self.malloc_tuning = s.malloc_tuning
+        self.main_arena = False  # whether the thread shares glibc's main malloc arena (heap.start_thread)
         self.options = {
             k: getattr(s, k) for k in ("vae_slicing", "vae_tiling", "cpu_offload", "channels_last", "compile")
         }
@@ -73,10 +75,9 @@ class Worker:
 
     # lifecycle ----------------------------------------------------------------------------------------------
     def start(self, *, wait: bool = True, recover: bool = True) -> Worker:
-        self.thread = threading.Thread(
-            target=self._main, args=(recover,), name="imagegen-worker", daemon=True
+        self.thread, self.main_arena = heap.start_thread(
+            lambda: self._main(recover), name="imagegen-worker", tuned=self.malloc_tuning
         )
-        self.thread.start()
         if wait:
             self.wait_ready()
         return self
