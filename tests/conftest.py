@@ -56,7 +56,7 @@ def reset_caches() -> None:
 def suite_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Every test: its own data dir and working directory, no stray SUITE_* settings, test env, immediate jobs."""
     for key in list(os.environ):
-        if key.startswith("SUITE_") and key not in {"SUITE_REQUIRE_SERVICES", "SUITE_TEST_POSTGRES_URL"}:
+        if key.startswith("SUITE_") and not key.startswith("SUITE_TEST_") and key != "SUITE_REQUIRE_SERVICES":
             monkeypatch.delenv(key)
     data = tmp_path / "data"
     monkeypatch.setenv("SUITE_DATA_DIR", str(data))
