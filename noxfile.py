@@ -31,7 +31,7 @@ def install_project(session: nox.Session, extras: str = "test,local,imagegen,sem
 def recbole_wheel(session: nox.Session) -> str:
     """MovieLens-100K lives in the recbole wheel, which must never be installed (its deps pull torch and ray):
     download the pinned wheel; the catalog checks its sha256 and reads it with zipfile."""
-    folder = os.path.join(session.cache_dir, "wheels")
+    folder = os.path.abspath(os.path.join(session.cache_dir, "wheels"))  # tests run from their own tmp dirs
     session.run("python", "-m", "pip", "download", "-q", "--no-deps", "recbole==1.2.1", "-d", folder)
     return os.path.join(folder, "recbole-1.2.1-py3-none-any.whl")
 
