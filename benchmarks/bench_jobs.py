@@ -15,7 +15,8 @@ moves one round, not the comparison.
   enqueue to the task starting (a wall-clock stamp written by the task). SqliteHuey polls, so a pickup waits
   for the next poll (0 to 0.1 s): the idle time has a random part, and the figure is a median.
 
-- split costs (diagnostics, `split_costs`): with the consumer stopped (SIGSTOP), N more jobs are queued, then
+- split costs (diagnostics, `split_costs`): with the consumer stopped (SIGSTOP, at a moment it holds no SQLite
+  write lock, which would stall the producer), N more jobs are queued, then
   it drains them: CPU and wall ms per job of the producer alone (`producer_*`) and of the consumer alone
   (`consumer_*`, from /proc), and redis-server's CPU in each phase (`redis_cpu_*`, from INFO cpu).
 
@@ -35,6 +36,7 @@ import random
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -44,7 +46,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from suite.core.tasks import enqueue, task
+from suite.core.tasks import enqueue, get_huey, task
 
 HERE = Path(__file__).resolve().parent
 MODULE = "bench_jobs"  # the name both producer and consumers import this file under
@@ -177,6 +179,18 @@ class Side:
         self.stamp("raw", path=str(path))
         return None
 
+    def sqlite_files(self) -> list[str]:
+        """The SQLite files the consumer writes: its queue (SqliteHuey), ours also the database."""
+        files = []
+        if self.backend == "sqlite":
+            huey = self.huey if self.kind == "raw" else get_huey()
+            files.append(huey.storage.filename)
+        if self.kind == "ours":
+            from suite.core.db import get_engine
+
+            files.append(str(get_engine().url.database))
+        return files
+
     def _stamp_path(self) -> Path:
         self._counter += 1
         return self.data / f"stamp-{self.kind}-{self._counter}"
@@ -263,13 +277,41 @@ def _redis_cpu(url: str | None) -> float:
         client.close()
 
 
+def _stop_unlocked(side: Side) -> None:
+    """SIGSTOP the consumer at a moment it holds no SQLite write lock: stopped holding one (a dequeue, a batch
+    of job states), it would make the producer's writes fail after the busy timeout."""
+    assert side.proc is not None
+    files = side.sqlite_files()
+    for _ in range(200):
+        side.proc.send_signal(signal.SIGSTOP)
+        while Path(f"/proc/{side.proc.pid}/stat").read_text().rpartition(")")[2].split()[0] != "T":
+            time.sleep(0.0005)
+        if all(_unlocked(f) for f in files):
+            return
+        side.proc.send_signal(signal.SIGCONT)
+        time.sleep(0.01)
+    raise RuntimeError("the consumer always held a write lock when stopped")
+
+
+def _unlocked(path: str) -> bool:
+    conn = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.close()
+
+
 def split_costs(side: Side, n: int) -> dict[str, float]:
     """Producer and consumer apart: the consumer stopped (SIGSTOP) while n jobs are queued, then let go to
     drain them. CPU per job (ms) of this process while it queues, of the consumer while it drains, and of
     redis-server in each phase; wall per job of each phase."""
     assert side.proc is not None
     path = side._stamp_path()
-    side.proc.send_signal(signal.SIGSTOP)
+    _stop_unlocked(side)
     try:
         r0, c0, w0 = _redis_cpu(side.redis_url), time.process_time(), time.perf_counter()
         for _ in range(n):

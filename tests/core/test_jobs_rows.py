@@ -9,6 +9,8 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -24,8 +26,16 @@ from suite.core.errors import Unavailable
 from suite.core.models import Job, User
 from suite.core.tasks import cancel_job, count_jobs, enqueue, get_job, list_jobs, state
 from suite.core.tasks.claims import split_claim, with_claim
+from suite.core.tasks.jobs import new_job_id
 from suite.core.tasks.rows import meta, queued_row, row_from_meta, rows
-from suite.core.tasks.sql import insert_jobs
+from suite.core.tasks.sql import (
+    PENDING_STATES,
+    insert_jobs,
+    job_upsert,
+    job_writes,
+    update_stmt,
+    write_connection,
+)
 
 try:
     from . import jobtasks_fixture as fx
@@ -33,6 +43,9 @@ try:
 except ImportError:
     import jobtasks_fixture as fx  # type: ignore[no-redef]
     from test_tasks import Worker, _free_port, _import_root, _redis_url, _wait  # type: ignore[no-redef]
+
+
+_DEADLINE = 20.0  # safety net for waits that end at once
 
 
 def _reset() -> None:
@@ -198,6 +211,97 @@ def test_redis_down_at_enqueue_leaves_no_row_behind(
     tasks.flush()
     with session_scope() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 0
+
+
+def test_a_consumer_of_the_producing_process_waits_for_a_row_on_its_way(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """`enqueue` queues the message, then hands the row over: a consumer thread of the same process that takes
+    the message in between waits for the row, so the task finds its own row."""
+    _behind(monkeypatch, request, "sqlite")
+    row, gone = _queued(), _queued()
+    rows.expect(row["id"])
+    rows.expect(gone["id"])
+    ready = {job_id: threading.Event() for job_id in (row["id"], gone["id"])}
+    threads = [
+        threading.Thread(target=lambda job_id=job_id: (rows.flush_job(job_id), ready[job_id].set()))
+        for job_id in ready
+    ]
+    for thread in threads:
+        thread.start()
+    assert not ready[row["id"]].wait(0.2)  # waits for the row instead of running without it
+    rows.add(row)
+    assert ready[row["id"]].wait(_DEADLINE)
+    assert _file_rows(row["id"]) == [("queued",)]  # written before the task would run
+    rows.unexpect(gone["id"])  # its message was not queued after all: nothing to wait for
+    assert ready[gone["id"]].wait(_DEADLINE)
+    for thread in threads:
+        thread.join()
+    assert _file_rows(gone["id"]) == []
+
+
+def test_job_ids_are_uuid7_in_the_order_jobs_are_queued() -> None:
+    first = [new_job_id() for _ in range(50)]
+    time.sleep(0.002)
+    later = new_job_id()
+    assert all(uuid.UUID(job_id).version == 7 and str(uuid.UUID(job_id)) == job_id for job_id in first)
+    assert len(set(first)) == 50 and max(first) < later  # rows go at the end of the primary-key index
+
+
+# --- writes on the kept SQLite connections ------------------------------------------------------------
+
+
+def _stored(job_id: str) -> tuple[Any, ...]:
+    """Every column of the job's row as SQLite holds it (text, with its storage class where it matters)."""
+    path = config.get_settings().data_dir / "suite.db"
+    with sqlite3.connect(path) as conn:
+        found = conn.execute(
+            "SELECT domain, name, owner_id, state, attempts, max_retries, progress_done, progress_total,"
+            " message, error, params, result, typeof(result), cancel_requested, typeof(cancel_requested),"
+            " created_at, started_at, finished_at, updated_at, worker_id FROM core_job WHERE id = ?",
+            (job_id,),
+        ).fetchone()
+    assert found is not None
+    return tuple(found)
+
+
+def test_kept_connections_store_what_a_core_execution_stores(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """On a SQLite file, job rows are written with statements compiled once and the column types' bind
+    processors applied by hand (sql.py): the stored values are those of a Core execution, byte for byte."""
+    _behind(monkeypatch, request, "sqlite")
+    with session_scope() as session:
+        owner_id = _user(session).id
+    at, now = (
+        utcnow().replace(microsecond=0),
+        utcnow(),
+    )  # isoformat drops zero microseconds: SQLite's must not
+    made = [
+        queued_row(new_job_id(), "catalog", "add", owner_id, 2, {"title": "Amélie", "n": None, "l": [1]}, at),
+        queued_row(new_job_id(), "core", "purge", None, 0, {}, now),
+    ]
+    results: list[Any] = [None, {"k": 1.5, "s": "é"}]
+    stmt = update_stmt(PENDING_STATES, ("error", "finished_at", "result", "state", "updated_at"), start=True)
+    pairs = []
+    for row, result in zip(made, results, strict=True):
+        core, kept = dict(row, id=new_job_id()), dict(row, id=new_job_id())
+        with write_connection() as conn:  # Core: the path for PostgreSQL and tests' connections
+            conn.execute(job_upsert(conn.dialect), [core])
+        insert_jobs([kept])
+        for job_id in (core["id"], kept["id"]):
+            values = {"b_state": "done", "b_result": result, "b_error": None, "b_finished_at": now}
+            values.update(b_updated_at=at, b_started=at, b_worker="w1", b_id=job_id)
+            if job_id == core["id"]:
+                with write_connection() as conn:
+                    assert conn.execute(stmt, [values]).rowcount == 1
+            else:
+                with job_writes() as writes:
+                    assert writes.executemany(stmt, [values]) == 1
+        pairs.append((core["id"], kept["id"]))
+    for core_id, kept_id in pairs:
+        assert _stored(kept_id) == _stored(core_id)
+    assert _stored(pairs[0][1])[11:13] == ("null", "text")  # JSON null, as the JSON type writes None
 
 
 # --- a producer that dies before its batch is written ------------------------------------------------

@@ -7,12 +7,15 @@ a real `python -m suite worker` subprocess on SqliteHuey and on RedisHuey, shari
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -44,6 +47,7 @@ from suite.core.errors import (
 from suite.core.migrations import upgrade
 from suite.core.models import Job, User, WebSession
 from suite.core.tasks import cancel_job, enqueue, get_huey, list_jobs, progress, state
+from suite.core.tasks.notify import unheard
 
 try:
     from . import jobtasks_fixture as fx
@@ -815,6 +819,65 @@ def test_claims_decide_between_a_worker_and_a_cancel(
     assert taken.id == cancelled.id and huey.is_revoked(taken, peek=False) is True
     with pytest.raises(NotImplementedError, match="one by one"):
         huey.revoke_all(message_class)
+
+
+def test_sqlite_queue_waits_out_another_writer_in_short_steps(tmp_path: Path) -> None:
+    """The queue's connection has no busy timeout (SQLite's handler sleeps 1 ms, then 2, 5... however soon the
+    lock is free): its writes (enqueue, the consumer's dequeue) and reads wait for another connection's write
+    lock in steps of their own instead, and go through once it is released."""
+    huey = tasks.SqliteJobsHuey("waits", results=False, filename=str(tmp_path / "queue.db"))
+    huey.setup_jobs()
+    huey.register(fx.add)
+    message_class = huey.job_tasks[fx.add.key].task_class
+    assert huey.storage.conn.execute("pragma busy_timeout").fetchone() == (0,)
+    other = sqlite3.connect(tmp_path / "queue.db", isolation_level=None, check_same_thread=False)
+    try:
+        for step in ("enqueue", "dequeue"):
+            other.execute("BEGIN EXCLUSIVE")  # another process's write in progress
+            release = threading.Timer(0.2, lambda: other.execute("ROLLBACK"))
+            release.start()
+            assert huey.storage.queue_size() == (0 if step == "enqueue" else 1)  # reads go on meanwhile
+            if step == "enqueue":
+                huey.enqueue(message_class((1,), {"a": 1, "b": 1}, id="waited"))
+            else:
+                assert huey.dequeue().id == "waited"
+            release.join()
+        assert huey.storage.queue_size() == 0 and huey.storage.has_data_for_key("r:waited")  # claimed
+    finally:
+        other.close()
+        huey.storage.close()
+
+
+def test_job_events_are_made_only_for_a_bus_someone_hears() -> None:
+    """In-process, job events nobody subscribes to are not even made (notify.unheard); over Redis they are
+    always published: subscribers may be in other processes."""
+
+    async def check() -> None:
+        bus = events.LocalBus(queue_size=8)
+        assert unheard(bus)
+        sub = bus.subscribe("jobs.*")
+        assert not unheard(bus)
+        sub.close()
+        assert unheard(bus)
+        assert not unheard(events.RedisBus(url="redis://127.0.0.1:1/0", queue_size=8))
+
+    asyncio.run(check())
+
+
+def test_checking_arguments_leaves_no_garbage_for_the_collector() -> None:
+    """`enqueue` checks every task's arguments for secrets: that must leave no reference cycle behind, whose
+    collection (a full pass over a busy producer's objects now and then) cost tens of microseconds a job."""
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(20):
+            tasks.check_no_secrets({"a": {"b": [1, {"c": (2, 3)}]}, "d": "e"}, "task arguments")
+        gc.collect()
+        left = [o for o in gc.garbage if "check_no_secrets" in getattr(o, "__qualname__", "")]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert left == []
 
 
 def _embedded(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, backend: str) -> None:

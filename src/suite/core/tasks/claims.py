@@ -9,12 +9,20 @@ consumer that runs the job before the producer's row is written.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import sqlite3
 import threading
+from collections.abc import Iterator
 from typing import Any, cast
 
 from huey.storage import RedisStorage, SqliteStorage
 
+from suite.core.tasks.sql import when_unlocked
+
 SQLITE_MAX_PARAMS = 500
+PATIENT_DELAY_S = 0.001  # a consumer waits for the queue's lock in steps of 1 ms, doubling up to 4 ms
+PATIENT_MAX_S = 0.004
 CLAIM_MARK = b"\x00job:"  # no pickle (b"\x80...") or zlib (b"x...") message starts so
 
 
@@ -69,50 +77,154 @@ class ClaimingSqliteStorage(ClaimingStorage, SqliteStorage):
         self._releases: list[str] = []
         self._releases_lock = threading.Lock()
 
+    # SQLite's busy handler sleeps 1 ms, then 2, 5, 10... however soon the lock is free, and a producer and a
+    # consumer of the queue each take it for every message: the connection has no busy timeout, and waits
+    # for the lock in steps of 0.1-2 ms instead (`when_unlocked`), up to Huey's timeout, for writes and for
+    # reads (which in WAL mode meet a lock only while another connection recovers or closes the file). The
+    # queue's own statements (enqueue, dequeue) run on the connection directly, as Huey's `db` would.
+
+    def _create_connection(self) -> Any:
+        conn = super()._create_connection()
+        conn.execute("pragma busy_timeout=0")
+        return conn
+
+    @property
+    def _timeout_ms(self) -> int:
+        return int(self._timeout * 1000)
+
+    def _begin(self, conn: sqlite3.Connection, *, patient: bool = False) -> None:
+        """Begin a write transaction (Huey's `begin exclusive`). `patient`: a consumer's, which lets producers
+        go first (a busy lock means messages are being queued: the consumer takes them once they are)."""
+        try:
+            conn.execute(self.begin_sql)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+        begin = functools.partial(conn.execute, self.begin_sql)
+        if patient:
+            when_unlocked(begin, self._timeout_ms, delay=PATIENT_DELAY_S, max_delay=PATIENT_MAX_S)
+        else:
+            when_unlocked(begin, self._timeout_ms)
+
+    def _read(self, conn: sqlite3.Connection, query: str, params: Any) -> list[Any]:
+        try:
+            return conn.execute(query, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+        return when_unlocked(lambda: conn.execute(query, params).fetchall(), self._timeout_ms)
+
+    @contextlib.contextmanager
+    def db(self, commit: bool = False, close: bool = False) -> Iterator[Any]:
+        """Huey's `db`, its write transaction begun by `_begin`."""
+        with self.lock:
+            conn = self.conn
+            cursor = conn.cursor()
+            try:
+                if commit:
+                    self._begin(conn)
+                yield cursor
+            except Exception:
+                if commit:
+                    conn.rollback()
+                raise
+            else:
+                if commit:
+                    conn.commit()
+            finally:
+                cursor.close()
+                if close:
+                    conn.close()
+                    self._conn = None
+
+    def sql(self, query: str, params: Any = None, commit: bool = False, results: bool = False) -> Any:
+        if commit:
+            return super().sql(query, params, commit, results)
+        with self.lock:
+            found = self._read(self.conn, query, params or ())
+        return found if results else None
+
+    def enqueue(self, data: bytes, priority: float | None = None) -> None:
+        with self.lock:
+            conn = self.conn
+            self._begin(conn)
+            try:
+                conn.execute(
+                    "insert into task (queue, data, priority) values (?, ?, ?)",
+                    (self.name, self.to_blob(data), priority or 0),
+                )
+            except Exception:
+                conn.rollback()
+                raise
+            conn.commit()
+
     def release(self, keys: list[str]) -> None:
         with self._releases_lock:
             self._releases.extend(keys)
 
     def flush_releases(self) -> None:
         """Delete the claims released so far, now."""
-        if self._releases:
-            with self.db(commit=True) as curs:
-                self._delete_released(curs)
+        if not self._releases:
+            return
+        with self.lock:
+            conn = self.conn
+            self._begin(conn, patient=True)
+            try:
+                self._delete_released(conn)
+            except Exception:
+                conn.rollback()
+                raise
+            conn.commit()
 
-    def _delete_released(self, curs: Any) -> None:
+    def _delete_released(self, conn: sqlite3.Connection) -> None:
+        if not self._releases:
+            return
         with self._releases_lock:
             keys, self._releases = self._releases, []
         for i in range(0, len(keys), SQLITE_MAX_PARAMS):
             chunk = keys[i : i + SQLITE_MAX_PARAMS]
             marks = ",".join("?" * len(chunk))
-            curs.execute(f"delete from kv where queue = ? and key in ({marks})", [self.name, *chunk])
+            conn.execute(f"delete from kv where queue = ? and key in ({marks})", [self.name, *chunk])
 
     def dequeue(self) -> bytes | None:
         self._record(None, False)
-        if not self.sql("select 1 from task where queue = ? limit 1", (self.name,), results=True):
-            self.flush_releases()
-            return None  # a quick check without the exclusive lock, as Huey's
-        with self.db(commit=True) as curs:
-            self._delete_released(curs)
-            curs.execute(
-                "select id, data from task where queue = ? order by priority desc, id limit 1", (self.name,)
-            )
-            row = curs.fetchone()
-            if row is None:
-                return None
-            tid, data = row
-            curs.execute("delete from task where id = ?", (tid,))
-            if curs.rowcount != 1:
-                return None
-            job_id = split_claim(data)[0]
-            if job_id is not None:
-                key = revoke_key(job_id)
-                curs.execute(
-                    "insert or ignore into kv (queue, key, value) values (?, ?, ?)",
-                    (self.name, key, self.to_blob(self.claim_value)),
-                )
-                self._record(key, curs.rowcount == 1)
-            return cast(bytes, data)
+        with self.lock:
+            conn = self.conn
+            # A quick check without the lock, as Huey's (a consumer polls an empty queue).
+            waiting = bool(self._read(conn, "select 1 from task where queue = ? limit 1", (self.name,)))
+            if waiting:
+                self._begin(conn, patient=True)
+                try:
+                    data = self._take(conn)
+                except Exception:
+                    conn.rollback()
+                    raise
+                conn.commit()
+                return data
+        self.flush_releases()
+        return None
+
+    def _take(self, conn: sqlite3.Connection) -> bytes | None:
+        """In the write transaction: the released claims deleted, the next message taken, its job claimed."""
+        self._delete_released(conn)
+        row = conn.execute(
+            "select id, data from task where queue = ? order by priority desc, id limit 1", (self.name,)
+        ).fetchone()
+        if row is None:
+            return None
+        tid, data = row
+        if conn.execute("delete from task where id = ?", (tid,)).rowcount != 1:
+            return None
+        job_id = split_claim(data)[0]
+        if job_id is not None:
+            key = revoke_key(job_id)
+            inserted = conn.execute(
+                "insert or ignore into kv (queue, key, value) values (?, ?, ?)",
+                (self.name, key, self.to_blob(self.claim_value)),
+            ).rowcount
+            self._record(key, inserted == 1)
+        return cast(bytes, data)
 
     def close(self) -> None:
         try:

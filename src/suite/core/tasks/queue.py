@@ -32,6 +32,7 @@ from suite.core.tasks.claims import (
     split_claim,
     with_claim,
 )
+from suite.core.tasks.notify import queued_event, queued_json, unheard
 
 if TYPE_CHECKING:
     from suite.core.models import Job
@@ -156,11 +157,11 @@ class JobsHuey:
 
     def enqueue_job(self, message: Any, data: bytes) -> None:
         """Publish the job's `queued` event, then queue its serialized message (`data`)."""
-        from suite.core.tasks.notify import queued_event
-
         huey = cast(Any, self)
         try:
-            events.get_bus().publish(queued_event(message.id))
+            bus = events.get_bus()
+            if not unheard(bus):
+                bus.publish(queued_event(message.id))
         except Exception:  # an event bus problem never stops a job
             pass
         if huey.immediate:
@@ -247,8 +248,6 @@ class RedisJobsHuey(JobsHuey, RedisHuey):
 
     def enqueue_job(self, message: Any, data: bytes) -> None:
         """One round trip: the `queued` event and the message in one script, the event first."""
-        from suite.core.tasks.notify import queued_json
-
         huey = cast(Any, self)
         bus = events.get_bus()
         if huey.immediate or not isinstance(bus, events.RedisBus) or bus.url != self.redis_url:

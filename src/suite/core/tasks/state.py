@@ -10,31 +10,31 @@ go from `queued` straight to its final state. Readers in the consumer's process 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 from huey.exceptions import CancelExecution
-from sqlalchemy import Connection, CursorResult, Update, select
+from sqlalchemy import Update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from suite.core.db import utcnow
 from suite.core.models import Job
 from suite.core.tasks import workers
-from suite.core.tasks.notify import publish_status, sender
+from suite.core.tasks.notify import publish_status, publish_statuses, sender
 from suite.core.tasks.queue import built_huey, get_huey, is_job
 from suite.core.tasks.redact import error_text, json_safe
 from suite.core.tasks.rows import create_missing, ensure_rows, rows
-from suite.core.tasks.sql import JOB_TABLE, PENDING_STATES, execute, update_stmt, write_connection
+from suite.core.tasks.sql import PENDING_STATES, execute, job_writes, update_stmt
 
 log = logging.getLogger("suite.jobs")
 
 WRITE_INTERVAL_S = 0.01  # a consumer saves its jobs' starts and ends this often, in one transaction
-MAX_IDS_PER_QUERY = 500
 
 
 class JobCancelled(CancelExecution):
@@ -183,8 +183,7 @@ class StateWriter:
                 return False
             with self._cond:
                 self._saving = {}
-            for job_id, state in moved:
-                publish_status(job_id, state)
+            publish_statuses(moved)
             released = [job_id for job_id, c in changes.items() if c.final is not None and c.final.release]
             if released:
                 try:
@@ -212,6 +211,15 @@ class StateWriter:
             backoff = 0.0 if self.flush() else min(max(backoff * 2, 0.05), 2.0)
 
 
+@functools.lru_cache(maxsize=64)
+def _shape(
+    from_states: tuple[str, ...], keys: tuple[str, ...], start: bool
+) -> tuple[Update, tuple[str, ...]]:
+    """The UPDATE that saves a change with these columns (`keys`, in the change's order), and its
+    parameters' names for them."""
+    return update_stmt(from_states, tuple(sorted(keys)), start=start), tuple(f"b_{key}" for key in keys)
+
+
 def _save(changes: dict[str, Change], busy_timeout_ms: int | None = None) -> list[tuple[str, str]]:
     """Write the changes in one transaction: (job id, state) of the rows that moved. Rows not written yet
     by their producer are made first from what their messages carried (rows.py)."""
@@ -219,46 +227,32 @@ def _save(changes: dict[str, Change], busy_timeout_ms: int | None = None) -> lis
     written: list[tuple[str, str]] = []
     for job_id, change in changes.items():
         final, start = change.final, change.started_at
-        params: dict[str, Any] = {"b_id": job_id}
-        if start is not None:
-            params.update(b_started=start, b_worker=change.worker_id)
         if final is None:
-            stmt = update_stmt(PENDING_STATES, ("state", "updated_at"), start=True)
-            params.update(b_state="running", b_updated_at=start)
+            stmt, names = _shape(PENDING_STATES, ("state", "updated_at"), True)
+            params = dict(zip(names, ("running", start), strict=True))
         else:
             from_states = PENDING_STATES if start is not None else final.from_states
-            stmt = update_stmt(from_states, ("state", *sorted(final.values)), start=start is not None)
-            params["b_state"] = final.state
-            params.update({f"b_{key}": value for key, value in final.values.items()})
+            stmt, names = _shape(from_states, ("state", *final.values), start is not None)
+            params = dict(zip(names, (final.state, *final.values.values()), strict=True))
+        params["b_id"] = job_id
+        if start is not None:
+            params["b_started"], params["b_worker"] = start, change.worker_id
         groups.setdefault(stmt, []).append(params)
         written.append((job_id, final.state if final is not None else "running"))
-    with write_connection(busy_timeout_ms=busy_timeout_ms) as conn:
-        count = sum(
-            cast(CursorResult[Any], conn.execute(stmt, rows)).rowcount for stmt, rows in groups.items()
-        )
-        if count == len(written) and conn.dialect.supports_sane_multi_rowcount:
+    with job_writes(busy_timeout_ms=busy_timeout_ms) as writes:
+        count = sum(writes.executemany(stmt, rows) for stmt, rows in groups.items())
+        if count == len(written):
             return written
-        now = _states(conn, [job_id for job_id, _ in written])
+        now = writes.states([job_id for job_id, _ in written])
         missing = {job_id for job_id, c in changes.items() if job_id not in now and c.meta}
         if missing:
-            create_missing(conn, ((job_id, changes[job_id].meta) for job_id in missing))
+            create_missing(writes, ((job_id, changes[job_id].meta) for job_id in missing))
             for stmt, rows in groups.items():
                 again = [params for params in rows if params["b_id"] in missing]
                 if again:
-                    conn.execute(stmt, again)
-            now.update(_states(conn, sorted(missing)))
+                    writes.executemany(stmt, again)
+            now.update(writes.states(sorted(missing)))
     return [(job_id, state) for job_id, state in written if now.get(job_id) == state]
-
-
-def _states(conn: Connection, ids: list[str]) -> dict[str, str]:
-    """The states of the rows of `ids` that exist."""
-    found: dict[str, str] = {}
-    for i in range(0, len(ids), MAX_IDS_PER_QUERY):
-        stmt = select(JOB_TABLE.c.id, JOB_TABLE.c.state).where(
-            JOB_TABLE.c.id.in_(ids[i : i + MAX_IDS_PER_QUERY])
-        )
-        found.update({row.id: row.state for row in conn.execute(stmt)})
-    return found
 
 
 writer = StateWriter()
